@@ -1,0 +1,42 @@
+# The course's single entry point. `make demo` and `make test` install what they need first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup jars demo lab test lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; v = sys.version_info; ok = (3, 10) <= v[:2] <= (3, 13); \
+	  print(f"Python {v.major}.{v.minor} found; the course needs Python 3.10 to 3.13" ) if not ok else None; \
+	  sys.exit(0 if ok else 1)'
+	@echo "==> creating the virtual environment in $(VENV) (first time: a few minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e '.[test,fast]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## virtual environment, pinned dependencies, Kafka and connector jars
+	$(BIN)/clickstream setup
+
+demo: setup ## broker + producer + Spark windowed counts, live (Ctrl-C stops everything)
+	$(BIN)/clickstream demo
+
+lab: setup ## JupyterLab on the course notebooks
+	$(BIN)/jupyter lab notebooks/
+
+test: setup ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check lib tests
+
+clean: ## stop the local broker and remove the virtual environment (the jar cache stays)
+	-$(BIN)/clickstream broker down
+	rm -rf $(VENV)

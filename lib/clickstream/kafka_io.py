@@ -1,0 +1,229 @@
+"""Topics, producers and consumers with kafka-python, configured once for the course."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+from clickstream.config import Settings, get_settings
+from clickstream.errors import BrokerNotReachable, ClickstreamError
+
+
+def unreachable(bootstrap: str) -> BrokerNotReachable:
+    return BrokerNotReachable(
+        f"No Kafka broker answered at {bootstrap}. Start the local one with "
+        "`clickstream broker up`, or set KAFKA_BOOTSTRAP_SERVERS to a reachable cluster."
+    )
+
+
+def _bootstrap_errors() -> tuple[type[Exception], ...]:
+    """The exceptions kafka-python raises when it cannot reach any broker."""
+    import kafka.errors as ke
+
+    names = ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError")
+    return tuple(getattr(ke, n) for n in names if hasattr(ke, n))
+
+
+def _admin(bootstrap: str):
+    from kafka import KafkaAdminClient
+
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=10000, client_id="clickstream-admin"
+        )
+    except _bootstrap_errors():
+        raise unreachable(bootstrap) from None
+
+
+def ensure_topic(
+    topic: str,
+    partitions: int = 3,
+    bootstrap: str | None = None,
+    replication_factor: int = 1,
+    configs: dict[str, str] | None = None,
+) -> bool:
+    """Create `topic` unless it exists. True if it was created."""
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    bootstrap = bootstrap or get_settings().bootstrap_servers
+    admin = _admin(bootstrap)
+    try:
+        if topic in admin.list_topics():
+            return False
+        try:
+            admin.create_topics(
+                [NewTopic(topic, partitions, replication_factor, topic_configs=configs or {})]
+            )
+        except TopicAlreadyExistsError:
+            return False
+        _wait_for_leaders(admin, topic)
+        return True
+    finally:
+        admin.close()
+
+
+def _wait_for_leaders(admin, topic: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        meta = admin.describe_topics([topic])
+        parts = meta[0].get("partitions", []) if meta else []
+        if parts and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in parts):
+            return
+        time.sleep(0.2)
+
+
+def delete_topic(topic: str, bootstrap: str | None = None) -> bool:
+    """Delete `topic` if it exists (and wait until it is gone). True if it existed."""
+    bootstrap = bootstrap or get_settings().bootstrap_servers
+    admin = _admin(bootstrap)
+    try:
+        if topic not in admin.list_topics():
+            return False
+        admin.delete_topics([topic])
+        deadline = time.monotonic() + 30
+        while topic in admin.list_topics() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return True
+    finally:
+        admin.close()
+
+
+def topic_offsets(topic: str, bootstrap: str | None = None) -> dict[int, tuple[int, int]]:
+    """{partition: (earliest offset, latest offset)} for `topic`."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    bootstrap = bootstrap or get_settings().bootstrap_servers
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="clickstream-offsets")
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        begin = consumer.beginning_offsets(tps)
+        end = consumer.end_offsets(tps)
+        return {tp.partition: (begin[tp], end[tp]) for tp in tps}
+    finally:
+        consumer.close()
+
+
+def message_count(topic: str, bootstrap: str | None = None) -> int:
+    """Records currently held by `topic` (latest minus earliest offsets, summed)."""
+    return sum(e - b for b, e in topic_offsets(topic, bootstrap).values())
+
+
+def describe_topics(bootstrap: str, include_internal: bool = False) -> dict[str, dict]:
+    """{topic: {"partitions": n, "messages": n}} for every topic on the cluster."""
+    admin = _admin(bootstrap)
+    try:
+        names = sorted(t for t in admin.list_topics() if include_internal or not t.startswith("__"))
+        described = admin.describe_topics(names) if names else []
+    finally:
+        admin.close()
+    out = {}
+    for item in described:
+        name = item.get("name") or item.get("topic")
+        out[name] = {
+            "partitions": len(item.get("partitions", [])),
+            "messages": message_count(name, bootstrap),
+        }
+    return out
+
+
+def producer_config(bootstrap: str, **overrides) -> dict:
+    """kafka-python producer settings tuned for throughput without giving up safety."""
+    config = {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 20,
+        "batch_size": 256 * 1024,
+        "max_in_flight_requests_per_connection": 5,
+        "retries": 2**31 - 1,
+        "delivery_timeout_ms": 120_000,
+        "client_id": "clickstream-producer",
+        "compression_type": _best_codec(),
+    }
+    config.update(overrides)
+    return config
+
+
+def _best_codec() -> str | None:
+    """lz4 when its codec is installed (fast, good ratio for JSON), else gzip."""
+    try:
+        import lz4.frame  # noqa: F401
+
+        return "lz4"
+    except ImportError:
+        return "gzip"
+
+
+def make_producer(bootstrap: str | None = None, **overrides):
+    from kafka import KafkaProducer
+
+    bootstrap = bootstrap or get_settings().bootstrap_servers
+    try:
+        return KafkaProducer(**producer_config(bootstrap, **overrides))
+    except _bootstrap_errors():
+        raise unreachable(bootstrap) from None
+
+
+def send_all(
+    records: Iterable[tuple[bytes | None, bytes]],
+    topic: str,
+    bootstrap: str | None = None,
+    producer=None,
+) -> int:
+    """Send (key, value) pairs and flush; raise if any send failed. Returns the count sent."""
+    own = producer is None
+    producer = producer or make_producer(bootstrap)
+    failures: list[Exception] = []
+    sent = 0
+    try:
+        for key, value in records:
+            producer.send(topic, key=key, value=value).add_errback(failures.append)
+            sent += 1
+        producer.flush()
+    finally:
+        if own:
+            producer.close()
+    if failures:
+        raise ClickstreamError(
+            f"{len(failures)} of {sent} records could not be delivered to {topic}: {failures[0]}"
+        )
+    return sent
+
+
+def read_all(
+    topic: str, bootstrap: str | None = None, timeout_s: float = 10, max_records: int | None = None
+) -> Iterator:
+    """Every record currently in `topic`, from the beginning, then stop (ConsumerRecords)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    bootstrap = bootstrap or get_settings().bootstrap_servers
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        client_id="clickstream-reader",
+        consumer_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        parts = sorted(consumer.partitions_for_topic(topic) or [])
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if end[tp] > 0}
+        seen = 0
+        for msg in consumer:
+            yield msg
+            seen += 1
+            tp = TopicPartition(msg.topic, msg.partition)
+            if msg.offset + 1 >= end[tp]:
+                remaining.discard(tp)
+            if not remaining or (max_records and seen >= max_records):
+                break
+    finally:
+        consumer.close()
+
+
+def settings_bootstrap(settings: Settings | None = None) -> str:
+    return (settings or get_settings()).bootstrap_servers
