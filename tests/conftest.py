@@ -1,7 +1,10 @@
 """Shared fixtures: one real broker and one real Spark session for the integration tests.
 
-The broker runs on a free port with its own state directory, so the tests never touch a
-learner's running broker; the jar cache is the normal one, so jars are fetched once.
+At start-up the session points CLICKSTREAM_STATE_DIR at a temporary directory and
+CLICKSTREAM_KAFKA_PORT at a free port, so the tests (and the notebook kernels nbval starts,
+which inherit the environment) share one broker of their own and never touch a learner's.
+The jar cache is the normal one, so jars are fetched once. Set KAFKA_BOOTSTRAP_SERVERS to run
+everything against an existing cluster instead.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -22,10 +26,24 @@ IN_CI = bool(os.environ.get("CI"))
 CLICKSTREAM = str(Path(sys.executable).with_name("clickstream"))
 
 
+def pytest_configure(config):
+    if not os.environ.get("CLICKSTREAM_TEST_STATE_DIR"):
+        state = Path(tempfile.mkdtemp(prefix="clickstream-tests-"))
+        os.environ["CLICKSTREAM_TEST_STATE_DIR"] = str(state)
+        os.environ["CLICKSTREAM_STATE_DIR"] = str(state)
+        os.environ["CLICKSTREAM_KAFKA_PORT"] = str(free_port())
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return
+    # Whatever started the session's broker (a fixture or a notebook), stop it.
+    LocalBroker(get_settings()).down(echo=lambda m: None)
+
+
 @pytest.fixture(scope="session")
-def broker_settings(tmp_path_factory):
-    state = tmp_path_factory.mktemp("state")
-    return get_settings(state_dir=state, port=free_port())
+def broker_settings():
+    return get_settings()
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +94,58 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is not installed; .ci/run should install it")
         pytest.skip(f"{name} is not installed (apt-get install {name})")
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free port for the session (no persistence)."""
+    import subprocess
+    import time
+
+    exe = require_tool("redis-server")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path):
+    """Each serving-store backend in turn: a fresh SQLite file, a flushed Redis database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'serving.db'}"
+    url = request.getfixturevalue("redis_url")
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    return url

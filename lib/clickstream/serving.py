@@ -1,0 +1,514 @@
+"""The serving store: where the streaming job writes its results and the dashboard reads them.
+
+Chosen by URL: `sqlite:///path/to/serving.db` (default; embedded, no server: one writer, readers in
+other processes thanks to WAL mode) or `redis://host:port/db` (a real redis-server).
+
+Writes are idempotent per micro-batch and key: `write_batch(job, batch_id, rows)` applies a batch
+in one transaction and records its id; a batch that was already applied (a restarted job replaying
+it from its checkpoint) is skipped, and rows are upserts by their metric's key, so a job killed at
+any point ends with exactly the same contents as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlparse
+
+from clickstream.errors import ClickstreamError
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(ClickstreamError):
+    """The serving store is unreachable, missing or of another version."""
+
+
+class StoreMissingError(StoreError):
+    """Nothing has been written yet."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by another version of the library."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A table of results: `key` columns identify a row; `windowed` ones have window_start/end."""
+
+    name: str
+    key: tuple[str, ...]
+    columns: tuple[str, ...]
+    windowed: bool = True
+    description: str = ""
+
+    @property
+    def all_columns(self) -> tuple[str, ...]:
+        cols = list(self.key) + [c for c in self.columns if c not in self.key]
+        if self.windowed and "window_end" not in cols:
+            cols.insert(1, "window_end")
+        return tuple(cols)
+
+
+# Every metric the job writes; the dashboard and `clickstream metrics` read the same names.
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            "traffic",
+            ("window_start", "event_type"),
+            ("count",),
+            description="events per window and event_type",
+        ),
+        Metric(
+            "segments",
+            ("window_start", "country", "device", "category"),
+            ("count",),
+            description="events per window by country, device and product category",
+        ),
+        Metric(
+            "products",
+            ("window_start", "product_id"),
+            ("category", "views", "carts", "purchases", "revenue"),
+            description="views, add-to-carts, purchases and revenue per product",
+        ),
+        Metric(
+            "active_users", ("window_start",), ("users",), description="distinct users per window"
+        ),
+        Metric(
+            "funnel",
+            ("window_start",),
+            ("viewed", "carted", "purchased"),
+            description="sessions that viewed, then added to cart, then purchased",
+        ),
+        Metric(
+            "sessions",
+            ("window_start", "window_end", "user_id", "session_id"),
+            ("duration_s", "events"),
+            description="session windows per user (gap-based)",
+        ),
+        Metric(
+            "paths",
+            ("window_start", "from_page", "to_page"),
+            ("count",),
+            description="page-to-page transitions per window",
+        ),
+        Metric(
+            "errors",
+            ("window_start",),
+            ("events", "errors", "error_rate"),
+            description="error rate per window",
+        ),
+        Metric(
+            "alerts",
+            ("alert_id",),
+            ("kind", "status", "opened_at", "closed_at", "peak", "baseline", "detail"),
+            windowed=False,
+            description="anomaly alerts (open and closed)",
+        ),
+        Metric(
+            "quarantine",
+            ("reason",),
+            ("count",),
+            windowed=False,
+            description="records that broke the contract, per reason",
+        ),
+        Metric(
+            "counters",
+            ("name",),
+            ("value",),
+            windowed=False,
+            description="late events dropped, duplicates removed, totals",
+        ),
+    )
+}
+
+
+def iso(value) -> str | None:
+    """datetime/epoch/ISO text -> '2026-11-28T10:15:00Z' (UTC, seconds, sortable)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value.endswith("Z") and len(value) == 20:
+            return value
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if isinstance(value, (int, float)):
+        value = datetime.fromtimestamp(value, tz=timezone.utc)
+    if value.tzinfo is None:  # Spark hands back naive datetimes in the session time zone (UTC)
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _normalise(metric: Metric, row: Mapping) -> dict:
+    out = {}
+    for col in metric.all_columns:
+        value = row.get(col)
+        if col in ("window_start", "window_end", "opened_at", "closed_at"):
+            value = iso(value)
+        out[col] = value
+    return out
+
+
+def metric(name: str) -> Metric:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise StoreError(
+            f"Unknown metric {name!r}; the store holds: {', '.join(METRICS)}."
+        ) from None
+
+
+class Store:
+    """Common interface of the SQLite and Redis stores."""
+
+    url: str
+
+    def write_batch(
+        self,
+        job: str,
+        batch_id: int,
+        rows: Mapping[str, Iterable[Mapping]],
+        health: Mapping | None = None,
+    ) -> bool:
+        raise NotImplementedError
+
+    def read(
+        self,
+        name: str,
+        since=None,
+        until=None,
+        limit: int | None = None,
+        where: Mapping[str, object] | None = None,
+    ) -> list[dict]:
+        raise NotImplementedError
+
+    def last_batch(self, job: str) -> int | None:
+        raise NotImplementedError
+
+    def health(self, job: str | None = None, limit: int = 60) -> list[dict]:
+        raise NotImplementedError
+
+    def schema_version(self) -> int | None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def check_version(self) -> None:
+        found = self.schema_version()
+        if found is None:
+            raise StoreMissingError(
+                f"No data in {self.url} yet: is the streaming job running? Start it with "
+                "`clickstream stream`."
+            )
+        if found != SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"{self.url} was written with store schema version {found}; this version of "
+                f"clickstream reads version {SCHEMA_VERSION}. Rebuild it with "
+                "`clickstream stream --reset`."
+            )
+
+    def counters(self) -> dict[str, float]:
+        return {r["name"]: r["value"] for r in self.read("counters")}
+
+
+HEALTH_COLUMNS = (
+    "job",
+    "batch_id",
+    "committed_at",
+    "input_rows",
+    "duration_ms",
+    "input_rate",
+    "processing_rate",
+    "max_event_time",
+    "watermark",
+    "lag",
+)
+
+
+# -- SQLite ------------------------------------------------------------------------------------
+class SQLiteStore(Store):
+    """Embedded store: one writer, any number of readers in other processes (WAL mode)."""
+
+    def __init__(self, path: str | Path, readonly: bool = False):
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.readonly = readonly
+        if readonly:
+            if not self.path.exists():
+                raise StoreMissingError(
+                    f"No serving store at {self.path} yet: is the streaming job running? Start "
+                    "it with `clickstream stream`."
+                )
+            self.conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, timeout=10, check_same_thread=False
+            )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self._create()
+        self.conn.row_factory = sqlite3.Row
+
+    def _create(self) -> None:
+        c = self.conn
+        c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is not None and int(row[0]) != SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"{self.url} has store schema version {row[0]}, this library writes "
+                f"{SCHEMA_VERSION}: start over with `clickstream stream --reset`."
+            )
+        for m in METRICS.values():
+            cols = ", ".join(f'"{col}"' for col in m.all_columns)
+            key = ", ".join(f'"{col}"' for col in m.key)
+            c.execute(f'CREATE TABLE IF NOT EXISTS "{m.name}" ({cols}, PRIMARY KEY ({key}))')
+            if m.windowed:
+                c.execute(
+                    f'CREATE INDEX IF NOT EXISTS "{m.name}_window" ON "{m.name}" (window_start)'
+                )
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS batches ("
+            + ", ".join(HEALTH_COLUMNS)
+            + ", PRIMARY KEY (job, batch_id))"
+        )
+        c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        c.commit()
+
+    def schema_version(self) -> int | None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return int(row[0]) if row else None
+
+    def write_batch(self, job, batch_id, rows, health=None) -> bool:
+        c = self.conn
+        with c:  # one transaction: all of the batch or nothing
+            done = c.execute(
+                "SELECT 1 FROM batches WHERE job=? AND batch_id=?", (job, batch_id)
+            ).fetchone()
+            if done:
+                return False
+            for name, items in rows.items():
+                m = metric(name)
+                cols = m.all_columns
+                sql = (
+                    f'INSERT OR REPLACE INTO "{m.name}" ({", ".join(chr(34) + x + chr(34) for x in cols)}) '
+                    f"VALUES ({', '.join('?' for _ in cols)})"
+                )
+                c.executemany(sql, [tuple(_normalise(m, r)[x] for x in cols) for r in items])
+            h = dict(health or {})
+            h.update(job=job, batch_id=batch_id, committed_at=h.get("committed_at") or time.time())
+            c.execute(
+                f"INSERT INTO batches ({', '.join(HEALTH_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in HEALTH_COLUMNS)})",
+                tuple(h.get(col) for col in HEALTH_COLUMNS),
+            )
+        return True
+
+    def read(self, name, since=None, until=None, limit=None, where=None) -> list[dict]:
+        m = metric(name)
+        try:
+            clauses, params = [], []
+            if m.windowed and since is not None:
+                clauses.append("window_start >= ?")
+                params.append(iso(since))
+            if m.windowed and until is not None:
+                clauses.append("window_start < ?")
+                params.append(iso(until))
+            for col, value in (where or {}).items():
+                if col not in m.all_columns:
+                    raise StoreError(f"{name} has no column {col!r}")
+                clauses.append(f'"{col}" = ?')
+                params.append(value)
+            cond = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+            sql = f'SELECT * FROM "{m.name}"{cond}'
+            if m.windowed and limit:
+                # Every row of the newest `limit` windows: a bounded query, whatever the history.
+                newest = (
+                    f'SELECT DISTINCT window_start FROM "{m.name}"{cond} '
+                    f"ORDER BY window_start DESC LIMIT {int(limit)}"
+                )
+                sql += (" AND " if cond else " WHERE ") + f"window_start IN ({newest})"
+                params = params + params
+            elif limit:
+                sql += f" LIMIT {int(limit)}"
+            order = ", ".join(f'"{k}"' for k in m.key)
+            sql = f"SELECT * FROM ({sql}) ORDER BY {order}"
+            return [dict(r) for r in self.conn.execute(sql, params)]
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                self.check_version()
+            raise StoreError(f"Reading {name} from {self.url} failed: {exc}") from exc
+
+    def last_batch(self, job):
+        row = self.conn.execute("SELECT max(batch_id) FROM batches WHERE job=?", (job,)).fetchone()
+        return row[0] if row else None
+
+    def health(self, job=None, limit=60):
+        sql = "SELECT * FROM batches"
+        params: list = []
+        if job:
+            sql += " WHERE job=?"
+            params.append(job)
+        sql += f" ORDER BY committed_at DESC LIMIT {int(limit)}"
+        return [dict(r) for r in self.conn.execute(sql, params)]
+
+    def reset(self) -> None:
+        with self.conn:
+            for m in METRICS.values():
+                self.conn.execute(f'DELETE FROM "{m.name}"')
+            self.conn.execute("DELETE FROM batches")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# -- Redis -------------------------------------------------------------------------------------
+class RedisStore(Store):
+    """Redis layout: a hash per metric (field = key as JSON, value = row as JSON), a sorted set
+    per windowed metric indexing keys by window start, a set of applied batch ids per job."""
+
+    def __init__(self, url: str, prefix: str = "cs"):
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
+        try:
+            self.r.ping()
+        except redis.exceptions.ConnectionError as exc:
+            raise StoreError(
+                f"Redis at {url} is not reachable ({exc}). Start it (`redis-server --port "
+                f"{urlparse(url).port or 6379}`) or use the default SQLite store."
+            ) from None
+
+    def _k(self, *parts) -> str:
+        return ":".join((self.prefix, *map(str, parts)))
+
+    def schema_version(self):
+        value = self.r.hget(self._k("meta"), "schema_version")
+        return int(value) if value is not None else None
+
+    def _ensure_version(self) -> None:
+        found = self.schema_version()
+        if found is None:
+            self.r.hset(self._k("meta"), "schema_version", SCHEMA_VERSION)
+        elif found != SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"{self.url} has store schema version {found}, this library writes "
+                f"{SCHEMA_VERSION}: start over with `clickstream stream --reset`."
+            )
+
+    def write_batch(self, job, batch_id, rows, health=None) -> bool:
+        self._ensure_version()
+        if self.r.sismember(self._k("batches", job), batch_id):
+            return False
+        pipe = self.r.pipeline(transaction=True)  # MULTI/EXEC: all of the batch or nothing
+        for name, items in rows.items():
+            m = metric(name)
+            for row in items:
+                row = _normalise(m, row)
+                field = json.dumps([row[k] for k in m.key])
+                pipe.hset(self._k("m", m.name), field, json.dumps(row))
+                if m.windowed:
+                    score = datetime.fromisoformat(row["window_start"].replace("Z", "+00:00"))
+                    pipe.zadd(self._k("idx", m.name), {field: score.timestamp()})
+        h = dict(health or {})
+        h.update(job=job, batch_id=batch_id, committed_at=h.get("committed_at") or time.time())
+        pipe.zadd(self._k("health", job), {json.dumps(h, default=str): float(batch_id)})
+        pipe.zremrangebyrank(self._k("health", job), 0, -501)  # keep the last 500 batches
+        pipe.sadd(self._k("batches", job), batch_id)
+        pipe.sadd(self._k("jobs"), job)
+        pipe.execute()
+        return True
+
+    def read(self, name, since=None, until=None, limit=None, where=None):
+        m = metric(name)
+        if self.schema_version() is None and not self.r.exists(self._k("m", m.name)):
+            self.check_version()
+        if m.windowed:
+            lo = _epoch(since) if since is not None else "-inf"
+            hi = f"({_epoch(until)}" if until is not None else "+inf"
+            if limit:
+                fields = self.r.zrevrangebyscore(self._k("idx", m.name), hi, lo)
+                starts = []
+                for f in fields:  # keep every row of the newest `limit` windows
+                    start = json.loads(f)[0]
+                    if start not in starts:
+                        if len(starts) == int(limit):
+                            break
+                        starts.append(start)
+                fields = [f for f in fields if json.loads(f)[0] in starts]
+            else:
+                fields = self.r.zrangebyscore(self._k("idx", m.name), lo, hi)
+            values = self.r.hmget(self._k("m", m.name), fields) if fields else []
+        else:
+            values = list(self.r.hgetall(self._k("m", m.name)).values())
+            if limit:
+                values = values[: int(limit)]
+        rows = [json.loads(v) for v in values if v is not None]
+        for col, value in (where or {}).items():
+            if col not in m.all_columns:
+                raise StoreError(f"{name} has no column {col!r}")
+            rows = [r for r in rows if r.get(col) == value]
+        rows.sort(key=lambda r: tuple("" if r[k] is None else r[k] for k in m.key))
+        return rows
+
+    def last_batch(self, job):
+        ids = self.r.smembers(self._k("batches", job))
+        return max(map(int, ids)) if ids else None
+
+    def health(self, job=None, limit=60):
+        jobs = [job] if job else sorted(self.r.smembers(self._k("jobs")))
+        rows = []
+        for j in jobs:
+            rows += [json.loads(v) for v in self.r.zrevrange(self._k("health", j), 0, limit - 1)]
+        rows.sort(key=lambda r: r["committed_at"], reverse=True)
+        return rows[:limit]
+
+    def reset(self) -> None:
+        keys = list(self.r.scan_iter(self._k("*")))
+        if keys:
+            self.r.delete(*keys)
+
+    def close(self) -> None:
+        self.r.close()
+
+
+def _epoch(value) -> float:
+    return datetime.fromisoformat(iso(value).replace("Z", "+00:00")).timestamp()
+
+
+def open_store(url: str | None = None, readonly: bool = False) -> Store:
+    """The store at `url` (default: CLICKSTREAM_STORE, else SQLite in the state directory)."""
+    if url is None:
+        from clickstream.config import get_settings
+
+        url = get_settings().default_store_url
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite" and url.startswith("sqlite:///"):
+        # As in SQLAlchemy: sqlite:///relative/file.db, sqlite:////absolute/file.db
+        return SQLiteStore(url[len("sqlite:///") :], readonly=readonly)
+    if parsed.scheme in ("redis", "rediss"):
+        return RedisStore(url)
+    raise StoreError(
+        f"Unsupported store URL {url!r}: use sqlite:///relative.db, sqlite:////absolute/path.db "
+        "or redis://host:port/db."
+    )

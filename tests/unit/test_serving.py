@@ -1,0 +1,128 @@
+"""The serving store: idempotent batches, bounded reads, versions, both backends."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from clickstream.serving import (
+    SCHEMA_VERSION,
+    StoreError,
+    StoreMissingError,
+    StoreVersionError,
+    iso,
+    open_store,
+)
+
+
+def traffic(minute: int, event_type: str, count: int) -> dict:
+    return {
+        "window_start": f"2026-11-28T10:{minute:02d}:00Z",
+        "window_end": f"2026-11-28T10:{minute + 1:02d}:00Z",
+        "event_type": event_type,
+        "count": count,
+    }
+
+
+def test_batches_are_applied_once_and_rows_upserted(store_url):
+    with open_store(store_url) as store:
+        assert store.write_batch("job", 0, {"traffic": [traffic(0, "page_view", 5)]})
+        assert not store.write_batch("job", 0, {"traffic": [traffic(0, "page_view", 999)]})
+        assert store.write_batch(
+            "job", 1, {"traffic": [traffic(0, "page_view", 7), traffic(1, "search", 2)]}
+        )
+        rows = store.read("traffic")
+        assert [(r["window_start"], r["event_type"], r["count"]) for r in rows] == [
+            ("2026-11-28T10:00:00Z", "page_view", 7),
+            ("2026-11-28T10:01:00Z", "search", 2),
+        ]
+        assert store.last_batch("job") == 1
+        assert store.schema_version() == SCHEMA_VERSION
+        assert [h["batch_id"] for h in store.health("job")] == [1, 0]
+
+
+def test_reads_are_bounded_by_time_and_limit(store_url):
+    with open_store(store_url) as store:
+        store.write_batch(
+            "job",
+            0,
+            {"traffic": [traffic(m, t, m) for m in range(30) for t in ("page_view", "search")]},
+        )
+        newest = store.read("traffic", limit=3)
+        assert sorted({r["window_start"] for r in newest}) == [
+            "2026-11-28T10:27:00Z",
+            "2026-11-28T10:28:00Z",
+            "2026-11-28T10:29:00Z",
+        ]
+        assert len(newest) == 6
+        ranged = store.read("traffic", since="2026-11-28T10:05:00Z", until="2026-11-28T10:07:00Z")
+        assert [r["count"] for r in ranged] == [5, 5, 6, 6]
+        only = store.read("traffic", where={"event_type": "search"}, since="2026-11-28T10:29:00Z")
+        assert [(r["event_type"], r["count"]) for r in only] == [("search", 29)]
+
+
+def test_non_windowed_metrics_and_counters(store_url):
+    with open_store(store_url) as store:
+        store.write_batch(
+            "job",
+            0,
+            {
+                "quarantine": [{"reason": "not_json", "count": 3}],
+                "counters": [{"name": "late_dropped", "value": 4}],
+                "alerts": [
+                    {
+                        "alert_id": "a1",
+                        "kind": "error_spike",
+                        "status": "open",
+                        "opened_at": "2026-11-28T10:02:00Z",
+                        "peak": 0.3,
+                        "baseline": 0.01,
+                    }
+                ],
+            },
+        )
+        assert store.counters() == {"late_dropped": 4}
+        assert store.read("quarantine") == [{"reason": "not_json", "count": 3}]
+        alert = store.read("alerts")[0]
+        assert alert["status"] == "open" and alert["closed_at"] is None
+
+
+def test_unknown_metric_names_the_known_ones(store_url):
+    with open_store(store_url) as store, pytest.raises(StoreError, match="traffic"):
+        store.read("nope")
+
+
+def test_missing_sqlite_store_for_readers(tmp_path):
+    with pytest.raises(StoreMissingError, match="clickstream stream"):
+        open_store(f"sqlite:///{tmp_path / 'absent.db'}", readonly=True)
+
+
+def test_older_sqlite_store_is_reported_not_misread(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '0')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreVersionError, match="--reset"):
+        open_store(f"sqlite:///{path}")
+    reader = open_store(f"sqlite:///{path}", readonly=True)
+    with pytest.raises(StoreVersionError):
+        reader.check_version()
+
+
+def test_readers_in_other_connections_see_committed_batches(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    writer = open_store(url)
+    reader_before = None
+    writer.write_batch("job", 0, {"traffic": [traffic(0, "page_view", 1)]})
+    reader_before = open_store(url, readonly=True)
+    writer.write_batch("job", 1, {"traffic": [traffic(0, "page_view", 2)]})
+    assert reader_before.read("traffic")[0]["count"] == 2
+
+
+def test_store_urls():
+    with pytest.raises(StoreError, match="sqlite:///"):
+        open_store("mysql://x")
+    assert iso("2026-11-28T10:00:00+01:00") == "2026-11-28T09:00:00Z"
