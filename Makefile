@@ -1,9 +1,15 @@
 # The course's single entry point. `make demo` and `make test` install what they need first.
+# `make setup VENV=` installs into the current Python environment instead of .venv (Binder, conda).
 PYTHON ?= python3
 VENV   ?= .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+ifeq ($(strip $(VENV)),)
+  BIN   := $(patsubst %/,%,$(dir $(shell $(PYTHON) -c 'import sys; print(sys.executable)')))
+  STAMP := build/.installed
+else
+  BIN   := $(VENV)/bin
+  STAMP := $(VENV)/.installed
+endif
 
 .DEFAULT_GOAL := help
 .PHONY: help setup jars demo lab test lint clean
@@ -12,14 +18,16 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; v = sys.version_info; ok = (3, 10) <= v[:2] <= (3, 13); \
-	  print(f"Python {v.major}.{v.minor} found; the course needs Python 3.10 to 3.13" ) if not ok else None; \
+	@$(PYTHON) -c 'import sys; v = sys.version_info; ok = (3, 11) <= v[:2] <= (3, 13); \
+	  print(f"Python {v.major}.{v.minor} found; the course needs Python 3.11 to 3.13" ) if not ok else None; \
 	  sys.exit(0 if ok else 1)'
+ifneq ($(strip $(VENV)),)
 	@echo "==> creating the virtual environment in $(VENV) (first time: a few minutes)"
 	$(PYTHON) -m venv $(VENV)
+endif
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e '.[test,fast]'
-	@touch $(STAMP)
+	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 setup: $(STAMP) ## virtual environment, pinned dependencies, Kafka and connector jars
 	$(BIN)/clickstream setup

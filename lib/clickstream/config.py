@@ -15,6 +15,8 @@ KAFKA_VERSION = "4.1.1"
 SCALA_BINARY = "2.13"
 DEFAULT_PORT = 9092
 DEFAULT_TOPIC = "user_clickstream"
+DASHBOARD_PORT = 8501  # Streamlit's own default
+LAB_PORT = 8888
 
 
 def _xdg(var: str, fallback: str) -> Path:

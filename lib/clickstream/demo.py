@@ -8,7 +8,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from clickstream.config import Settings, get_settings
 
@@ -55,7 +55,7 @@ def run_demo(
     if ensure_topic(topic, bootstrap=bootstrap):
         echo(f"Created topic {topic}.")
     stop = threading.Event()
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     config = SimConfig(
         seed=int(now.timestamp()),
         count=10**9,

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pyspark is heavy; only `spark_schema` imports it, and only when called
@@ -102,11 +102,11 @@ def parse_event_time(value: str) -> datetime:
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     micros = int((fraction or "0")[:6].ljust(6, "0"))
     try:
-        tz = timezone.utc if zone == "Z" else _offset(zone)
+        tz = UTC if zone == "Z" else _offset(zone)
         parsed = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tz
         )
-        return parsed.astimezone(timezone.utc)
+        return parsed.astimezone(UTC)
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"invalid event_time {value!r}: {exc}") from None
 
@@ -123,7 +123,7 @@ def format_event_time(dt: datetime) -> str:
     """Format an aware datetime as the contract's UTC form, e.g. "2026-11-28T10:15:03.120Z"."""
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"event times must be timezone-aware, got naive {dt!r}")
-    utc = dt.astimezone(timezone.utc)
+    utc = dt.astimezone(UTC)
     return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 

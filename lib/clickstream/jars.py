@@ -186,6 +186,8 @@ def _run_ivy(
             "again."
         )
     shutil.rmtree(work, ignore_errors=True)
+    # The retrieved copies are all we use: drop Ivy's own copies to halve the disk footprint.
+    shutil.rmtree(ivy_cache / "cache", ignore_errors=True)
     _drop_duplicates_of_pyspark(staging, label)
     (staging / COMPLETE_MARKER).write_text(
         "\n".join(p.name for p in jar_files(staging)) + "\n", encoding="utf-8"

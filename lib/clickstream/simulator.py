@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -395,7 +395,7 @@ class Simulator:
 def _second_prefix(cache: dict[int, str], second: int) -> str:
     if len(cache) > 4096:  # late events revisit old seconds; keep the cache bounded anyway
         cache.clear()
-    moment = datetime.fromtimestamp(second, timezone.utc)
+    moment = datetime.fromtimestamp(second, UTC)
     prefix = cache[second] = f"{moment:%Y-%m-%dT%H:%M:%S}."
     return prefix
 
@@ -720,7 +720,7 @@ def _malformed(
 
 
 def _iso_second(second: int) -> str:
-    return f"{datetime.fromtimestamp(second, timezone.utc):%Y-%m-%dT%H:%M:%S}Z"
+    return f"{datetime.fromtimestamp(second, UTC):%Y-%m-%dT%H:%M:%S}Z"
 
 
 @dataclass
@@ -764,7 +764,7 @@ class GroundTruth:
             key = (second - second % window_s, event_type)
             totals[key] = totals.get(key, 0) + on_time + (late if include_late else 0)
         return {
-            (datetime.fromtimestamp(start, timezone.utc), event_type): n
+            (datetime.fromtimestamp(start, UTC), event_type): n
             for (start, event_type), n in sorted(totals.items())
             if n
         }

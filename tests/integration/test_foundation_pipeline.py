@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -28,7 +28,7 @@ def test_window_counts_from_kafka_equal_ground_truth(spark, bootstrap, topic, tm
     expected = Counter()
     for rec in Simulator(config).records():
         ts = datetime.fromisoformat(rec.event["event_time"].replace("Z", "+00:00"))
-        start = datetime.fromtimestamp(ts.timestamp() // 60 * 60, tz=timezone.utc)
+        start = datetime.fromtimestamp(ts.timestamp() // 60 * 60, tz=UTC)
         expected[(start.replace(tzinfo=None), rec.event["event_type"])] += 1
     assert sum(expected.values()) == N
 

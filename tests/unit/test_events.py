@@ -6,7 +6,7 @@ import json
 import math
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -32,7 +32,7 @@ CONTRACT_FIELDS = list(DESIGN_EXAMPLE)
 REQUIRED = ["event_id", "event_time", "user_id", "session_id", "event_type", "page"]
 
 utc_datetimes = st.datetimes(
-    min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(timezone.utc)
+    min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 )
 offsets = st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59).map(
     lambda minutes: timezone(timedelta(minutes=minutes))
@@ -199,15 +199,15 @@ def test_bad_event_times_are_quarantined(bad):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("2026-11-28T10:15:03Z", datetime(2026, 11, 28, 10, 15, 3, tzinfo=timezone.utc)),
-        ("2026-11-28T10:15:03.1Z", datetime(2026, 11, 28, 10, 15, 3, 100000, timezone.utc)),
+        ("2026-11-28T10:15:03Z", datetime(2026, 11, 28, 10, 15, 3, tzinfo=UTC)),
+        ("2026-11-28T10:15:03.1Z", datetime(2026, 11, 28, 10, 15, 3, 100000, UTC)),
         (
             "2026-11-28T10:15:03.123456789Z",
-            datetime(2026, 11, 28, 10, 15, 3, 123456, timezone.utc),
+            datetime(2026, 11, 28, 10, 15, 3, 123456, UTC),
         ),
-        ("2026-11-28T11:15:03.120+01:00", datetime(2026, 11, 28, 10, 15, 3, 120000, timezone.utc)),
-        ("2026-11-28T05:45:03-04:30", datetime(2026, 11, 28, 10, 15, 3, tzinfo=timezone.utc)),
-        ("2026-11-28T10:15:03-00:00", datetime(2026, 11, 28, 10, 15, 3, tzinfo=timezone.utc)),
+        ("2026-11-28T11:15:03.120+01:00", datetime(2026, 11, 28, 10, 15, 3, 120000, UTC)),
+        ("2026-11-28T05:45:03-04:30", datetime(2026, 11, 28, 10, 15, 3, tzinfo=UTC)),
+        ("2026-11-28T10:15:03-00:00", datetime(2026, 11, 28, 10, 15, 3, tzinfo=UTC)),
     ],
 )
 def test_parse_event_time_accepts_z_and_offsets(text, expected):
@@ -226,7 +226,7 @@ def test_format_then_parse_keeps_the_millisecond(moment, zone):
 
 
 def test_format_event_time_refuses_naive_datetimes():
-    assert events.format_event_time(datetime(2026, 11, 28, 10, 15, 3, 120999, timezone.utc)) == (
+    assert events.format_event_time(datetime(2026, 11, 28, 10, 15, 3, 120999, UTC)) == (
         "2026-11-28T10:15:03.120Z"
     )
     with pytest.raises(ValueError, match="timezone-aware"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +21,7 @@ from clickstream.simulator import (
     simulate_to_file,
 )
 
-START = datetime(2026, 11, 28, tzinfo=timezone.utc)
+START = datetime(2026, 11, 28, tzinfo=UTC)
 FLAT = {"daily_amplitude": 0.0}  # a constant rate makes shares easy to reason about
 
 
@@ -299,7 +299,7 @@ def recount(path, window_s: int, include_late: bool, late_ids: set[str]) -> dict
         if not include_late and event["event_id"] in late_ids:
             continue
         epoch = int(events.parse_event_time(event["event_time"]).timestamp() // 1)
-        start = datetime.fromtimestamp(epoch - epoch % window_s, timezone.utc)
+        start = datetime.fromtimestamp(epoch - epoch % window_s, UTC)
         counts[(start, event["event_type"])] += 1
     return dict(counts)
 
