@@ -80,6 +80,13 @@ class Settings:
         """The external cluster if set, else the local broker (on the port it runs on)."""
         if self.external_bootstrap:
             return self.external_bootstrap
+        cluster = self.state_dir / "kafka-cluster" / "meta.json"
+        if cluster.exists():  # a local multi-node cluster (`clickstream broker up --brokers 3`)
+            try:
+                nodes = json.loads(cluster.read_text())["nodes"]
+                return ",".join(f"127.0.0.1:{n['port']}" for n in nodes)
+            except (ValueError, KeyError, OSError):
+                pass
         return f"127.0.0.1:{self.local_port}"
 
     @property

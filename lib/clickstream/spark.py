@@ -8,6 +8,7 @@ a laptop.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from clickstream.config import Settings, get_settings
@@ -84,6 +85,16 @@ def get_spark(
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")
     )
+    if master.startswith("spark://"):
+        # Executors must fit the workers of a laptop-sized cluster (Spark asks for 1g each by
+        # default and waits forever when no worker has that much).
+        builder = (
+            builder.config(
+                "spark.executor.memory", os.environ.get("CLICKSTREAM_EXECUTOR_MEMORY", "512m")
+            )
+            .config("spark.executor.cores", "1")
+            .config("spark.pyspark.python", sys.executable)
+        )
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -1,0 +1,87 @@
+"""Three local KRaft nodes: replication factor 3, min.insync.replicas 2, one node stopped
+mid-stream, and not one acknowledged event lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from clickstream.config import get_settings
+from clickstream.kafka_cluster import LocalKafkaCluster
+from clickstream.kafka_io import ensure_topic, make_producer, read_all
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def kafka_cluster(tmp_path, monkeypatch):
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    cluster = LocalKafkaCluster(get_settings(state_dir=tmp_path / "state"))
+    yield cluster
+    cluster.down(purge=True, echo=lambda m: None)
+
+
+def test_losing_one_of_three_brokers_loses_no_acknowledged_event(kafka_cluster):
+    said = []
+    kafka_cluster.up(3, echo=said.append)
+    kafka_cluster.up(3, echo=said.append)
+    assert "already running" in said[-1]
+    bootstrap = kafka_cluster.bootstrap_servers
+    assert len(bootstrap.split(",")) == 3
+    assert get_settings(state_dir=kafka_cluster.settings.state_dir).bootstrap_servers == bootstrap
+
+    from kafka import KafkaAdminClient
+
+    ensure_topic(
+        "orders",
+        partitions=3,
+        bootstrap=bootstrap,
+        replication_factor=3,
+        configs={"min.insync.replicas": "2"},
+    )
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    parts = admin.describe_topics(["orders"])[0]["partitions"]
+    admin.close()
+    assert all(len(p["replica_nodes"]) == 3 for p in parts)
+
+    acked: list[bytes] = []
+    failed: list[Exception] = []
+    lock = threading.Lock()
+    producer = make_producer(bootstrap, linger_ms=5)
+
+    def send(i: int) -> None:
+        value = b"event-%06d" % i
+
+        def ok(_meta, value=value):
+            with lock:
+                acked.append(value)
+
+        producer.send("orders", key=b"u%d" % (i % 50), value=value).add_callback(ok).add_errback(
+            failed.append
+        )
+
+    total = 6000
+    for i in range(total // 2):
+        send(i)
+        if i % 500 == 0:
+            time.sleep(0.05)
+    # One broker goes away mid-stream, without a clean shutdown.
+    victim = next(p["leader_id"] for p in parts)
+    kafka_cluster.stop_node(victim, hard=True, echo=said.append)
+    assert victim not in kafka_cluster.running_nodes()
+    for i in range(total // 2, total):
+        send(i)
+    producer.flush(timeout=120)
+    producer.close()
+
+    assert failed == []
+    assert len(acked) == total
+    values = [m.value for m in read_all("orders", kafka_cluster._live_bootstrap(), timeout_s=30)]
+    assert sorted(values) == sorted(acked)  # every acknowledged event is there, once
+
+    kafka_cluster.start_node(victim, echo=said.append)
+    assert sorted(kafka_cluster.running_nodes()) == [1, 2, 3]
+    st = kafka_cluster.status()
+    assert st.topics["orders"] == {"partitions": 3, "messages": total}
