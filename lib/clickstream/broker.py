@@ -99,8 +99,20 @@ def cluster_id() -> str:
 class LocalBroker:
     """The course's own broker, managed through files in <state dir>/broker."""
 
-    def __init__(self, settings: Settings | None = None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        listeners: dict[str, tuple[int, str]] | None = None,
+        properties: dict[str, str] | None = None,
+        format_args: list[str] | None = None,
+    ):
+        """`listeners` adds {name: (port, protocol)} beside PLAINTEXT (e.g. an SSL listener),
+        `properties` adds broker settings, `format_args` extra StorageTool arguments (e.g.
+        `--add-scram`), for the security lesson and tests."""
         self.settings = settings or get_settings()
+        self.extra_listeners = listeners or {}
+        self.extra_properties = properties or {}
+        self.format_args = format_args or []
         self.dir = self.settings.broker_dir
         self.pid_file = self.dir / "broker.pid"
         self.meta_file = self.dir / "meta.json"
@@ -243,11 +255,20 @@ class LocalBroker:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "listeners": ",".join(
+                [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
+                + [f"{n}://127.0.0.1:{p}" for n, (p, _) in self.extra_listeners.items()]
+            ),
+            "advertised.listeners": ",".join(
+                [f"PLAINTEXT://127.0.0.1:{port}"]
+                + [f"{n}://127.0.0.1:{p}" for n, (p, _) in self.extra_listeners.items()]
+            ),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
+                + [f"{n}:{proto}" for n, (_, proto) in self.extra_listeners.items()]
+            ),
             "log.dirs": str(self.data_dir),
             "num.partitions": "3",
             "offsets.topic.replication.factor": "1",
@@ -260,6 +281,7 @@ class LocalBroker:
             "log.retention.hours": "168",
             "auto.create.topics.enable": "true",
         }
+        props.update(self.extra_properties)
         self.properties.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         meta = self.meta()
         meta.update(port=port, controller_port=controller_port)
@@ -289,6 +311,7 @@ class LocalBroker:
             "-c",
             str(self.properties),
             "--standalone",
+            *self.format_args,
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
@@ -344,6 +367,8 @@ def wait_for_broker(
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    from clickstream.kafka_io import client_security
+
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
@@ -351,7 +376,10 @@ def wait_for_broker(
             raise BrokerNotReachable(f"the broker process exited with code {process.returncode}")
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="clickstream-health"
+                bootstrap_servers=bootstrap,
+                request_timeout_ms=5000,
+                client_id="clickstream-health",
+                **client_security(),
             )
             try:
                 admin.list_topics()

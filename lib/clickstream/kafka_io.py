@@ -9,6 +9,13 @@ from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerNotReachable, ClickstreamError
 
 
+def client_security() -> dict:
+    """TLS/SASL keyword arguments for kafka-python clients (empty for PLAINTEXT)."""
+    from clickstream.security import get_security
+
+    return get_security().kafka_python()
+
+
 def unreachable(bootstrap: str) -> BrokerNotReachable:
     return BrokerNotReachable(
         f"No Kafka broker answered at {bootstrap}. Start the local one with "
@@ -29,7 +36,10 @@ def _admin(bootstrap: str):
 
     try:
         return KafkaAdminClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=10000, client_id="clickstream-admin"
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=10000,
+            client_id="clickstream-admin",
+            **client_security(),
         )
     except _bootstrap_errors():
         raise unreachable(bootstrap) from None
@@ -94,7 +104,9 @@ def topic_offsets(topic: str, bootstrap: str | None = None) -> dict[int, tuple[i
     from kafka import KafkaConsumer, TopicPartition
 
     bootstrap = bootstrap or get_settings().bootstrap_servers
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="clickstream-offsets")
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, client_id="clickstream-offsets", **client_security()
+    )
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
@@ -161,7 +173,7 @@ def make_producer(bootstrap: str | None = None, **overrides):
 
     bootstrap = bootstrap or get_settings().bootstrap_servers
     try:
-        return KafkaProducer(**producer_config(bootstrap, **overrides))
+        return KafkaProducer(**{**client_security(), **producer_config(bootstrap, **overrides)})
     except _bootstrap_errors():
         raise unreachable(bootstrap) from None
 
@@ -201,6 +213,7 @@ def read_all(
     bootstrap = bootstrap or get_settings().bootstrap_servers
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
+        **client_security(),
         enable_auto_commit=False,
         client_id="clickstream-reader",
         consumer_timeout_ms=int(timeout_s * 1000),
