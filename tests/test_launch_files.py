@@ -156,6 +156,7 @@ def test_jupyterlab_proxies_the_dashboard(tmp_path):
             "--no-browser",
             f"--port={port}",
             "--ServerApp.ip=127.0.0.1",
+            "--allow-root",
             "--IdentityProvider.token=",
             "--ServerApp.password=",
             f"--ServerApp.root_dir={tmp_path}",
