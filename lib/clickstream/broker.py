@@ -93,7 +93,10 @@ def who_listens(port: int) -> str:
 
 def cluster_id() -> str:
     """A random KRaft cluster id (22 characters of URL-safe base64, as Kafka's tools make)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):  # the storage tool would read it as an option
+            return cid
 
 
 class LocalBroker:
