@@ -12,7 +12,7 @@ else
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup jars demo lab test lint clean
+.PHONY: help setup jars demo lab test lint clean execute
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ demo: setup ## broker + producer + Spark windowed counts, live (Ctrl-C stops eve
 
 lab: setup ## JupyterLab on the course notebooks
 	$(BIN)/jupyter lab notebooks/
+
+execute: setup ## run the whole course headless with papermill into build/executed
+	$(BIN)/clickstream course execute
 
 test: setup ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -35,8 +35,11 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return
+    isolated = os.environ.get("CLICKSTREAM_STATE_DIR") == os.environ.get(
+        "CLICKSTREAM_TEST_STATE_DIR"
+    )
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or not isolated:
+        return  # never stop a broker this session did not own
     # Whatever started the session's broker (a fixture or a notebook), stop it.
     LocalBroker(get_settings()).down(echo=lambda m: None)
 

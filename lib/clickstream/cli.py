@@ -60,8 +60,20 @@ def broker():
 
 @broker.command("up")
 @click.option("--port", type=int, default=None, help="Listen on this port (default 9092).")
-def broker_up(port):
+@click.option(
+    "--brokers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Nodes: 3 starts a replicated cluster (replication factor 3, min.insync.replicas 2).",
+)
+def broker_up(port, brokers):
     """Start the local broker (idempotent) and wait until it answers."""
+    if brokers > 1:
+        from clickstream.kafka_cluster import LocalKafkaCluster
+
+        LocalKafkaCluster(get_settings()).up(brokers, echo=click.echo)
+        return
     from clickstream.broker import LocalBroker
 
     LocalBroker(get_settings(port=port)).up(echo=click.echo)
@@ -70,10 +82,34 @@ def broker_up(port):
 @broker.command("down")
 @click.option("--purge", is_flag=True, help="Also delete the broker's data (topics, offsets).")
 def broker_down(purge):
-    """Stop the local broker; no process is left behind."""
+    """Stop the local broker (or cluster); no process is left behind."""
     from clickstream.broker import LocalBroker
+    from clickstream.kafka_cluster import LocalKafkaCluster
 
-    LocalBroker(get_settings()).down(purge=purge, echo=click.echo)
+    settings = get_settings()
+    cluster = LocalKafkaCluster(settings)
+    if cluster.meta():
+        cluster.down(purge=purge, echo=click.echo)
+    LocalBroker(settings).down(purge=purge, echo=click.echo)
+
+
+@broker.command("stop-node")
+@click.argument("node", type=int)
+@click.option("--kill", is_flag=True, help="SIGKILL instead of a clean shutdown.")
+def broker_stop_node(node, kill):
+    """Stop one node of the local multi-node cluster."""
+    from clickstream.kafka_cluster import LocalKafkaCluster
+
+    LocalKafkaCluster(get_settings()).stop_node(node, hard=kill, echo=click.echo)
+
+
+@broker.command("start-node")
+@click.argument("node", type=int)
+def broker_start_node(node):
+    """Start a stopped node of the local multi-node cluster again."""
+    from clickstream.kafka_cluster import LocalKafkaCluster
+
+    LocalKafkaCluster(get_settings()).start_node(node, echo=click.echo)
 
 
 @broker.command("status")
@@ -81,8 +117,10 @@ def broker_down(purge):
 def broker_status(as_json):
     """Bootstrap address, version, process id, topics with partitions and message counts."""
     from clickstream.broker import LocalBroker
+    from clickstream.kafka_cluster import LocalKafkaCluster
 
-    st = LocalBroker(get_settings()).status()
+    cluster = LocalKafkaCluster(get_settings())
+    st = cluster.status() if cluster.meta() else LocalBroker(get_settings()).status()
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=2))
         return
@@ -93,6 +131,9 @@ def broker_status(as_json):
         click.echo(f"  Kafka version: {st.kafka_version}")
         click.echo(f"  pid: {st.pid or '-'}")
         click.echo(f"  log: {st.log_file}")
+        for node in getattr(st, "nodes", []):
+            state = f"pid {node['pid']}" if node["pid"] else "stopped"
+            click.echo(f"  node {node['node_id']}: 127.0.0.1:{node['port']} ({state})")
     if st.running:
         click.echo(f"  topics: {len(st.topics)}")
         for name, info in st.topics.items():
@@ -169,13 +210,31 @@ def _triple(text: str, name: str) -> tuple[float, float, float]:
 
 @main.command()
 @click.option("--topic", default=None, help="Topic (default user_clickstream).")
-@click.option("--bootstrap-servers", default=None, help="Kafka bootstrap servers.")
 @click.option(
-    "--rate", type=float, default=None, help="Target events/s (default: as fast as possible)."
+    "--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: local broker)."
 )
-@click.option("--count", type=int, default=None, help="Number of simulated events.")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Target events/s (default: as fast as possible).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many events (simulated default 10,000 unless --duration).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after this many seconds.",
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="Simulator seed.")
+@click.option(
+    "--start", default=None, help="Event time of the first simulated event (default: now)."
+)
 @click.option(
     "--replay",
     type=click.Path(dir_okay=False),
@@ -183,76 +242,165 @@ def _triple(text: str, name: str) -> tuple[float, float, float]:
     help="Send the lines of FILE.jsonl[.gz] instead of simulated events.",
 )
 @click.option(
-    "--keep-timing", is_flag=True, help="Replay with the file's original event-time gaps."
+    "--keep-timing",
+    is_flag=True,
+    help="Pace by the events' own event-time gaps (default: --rate, or as fast as possible).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["kafka-python", "confluent"]),
+    default="kafka-python",
+    show_default=True,
+    help="Kafka client (confluent needs the optional confluent-kafka).",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Partitions of the topic, if it has to be created.",
 )
 @click.option("--create-topic/--no-create-topic", default=True, show_default=True)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."
+)
 def produce(
-    topic, bootstrap_servers, rate, count, duration, seed, replay, keep_timing, create_topic
+    topic,
+    bootstrap_servers,
+    rate,
+    count,
+    duration,
+    seed,
+    start,
+    replay,
+    keep_timing,
+    backend,
+    partitions,
+    create_topic,
+    progress,
 ):
-    """Produce simulated events (at a rate, for a duration or a count) or replay a file."""
+    """Produce simulated events (at a rate, for a duration or a count) or replay a file.
+
+    Prints a summary (sent, failed, events/s); exits with 2 if any record failed.
+    """
+    from datetime import UTC, datetime
+
     from clickstream.kafka_io import ensure_topic
     from clickstream.producer import produce as run
     from clickstream.producer import replay_records, simulated_records
     from clickstream.simulator import SimConfig
 
+    if rate and keep_timing:
+        raise click.UsageError("--rate and --keep-timing both set the pace: choose one.")
+    if replay and start:
+        raise click.UsageError("--start applies to simulated events, not to --replay.")
     settings = get_settings(topic=topic, external_bootstrap=bootstrap_servers)
     bootstrap = settings.bootstrap_servers
-    if create_topic:
-        ensure_topic(settings.topic, bootstrap=bootstrap)
     if replay:
-        items, total = replay_records(replay, with_times=keep_timing), None
+        # Opened before the topic is touched, so a missing file fails without side effects.
+        items, total = replay_records(replay, with_times=keep_timing), count
     else:
         if count is None and duration is None:
             count = 10_000
-        config = SimConfig(seed=seed, count=count or 10**9)
-        items, total = simulated_records(config), count
-    summary = run(
-        items,
-        settings.topic,
-        bootstrap,
-        rate=rate,
-        duration_s=duration,
-        keep_timing=keep_timing,
-        total=total,
-    )
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        config = SimConfig(
+            seed=seed,
+            count=count or 10**12,
+            start=start or now,
+            # With a fixed rate, event time advances like the wall clock (no daily rhythm).
+            rate=rate or 50.0,
+            daily_amplitude=0.0 if rate else 0.5,
+        )
+        items, total = simulated_records(config, with_times=keep_timing), count
+    if create_topic and ensure_topic(settings.topic, partitions=partitions, bootstrap=bootstrap):
+        click.echo(f"created topic {settings.topic} ({partitions} partitions)", err=True)
+    try:
+        summary = run(
+            items,
+            settings.topic,
+            bootstrap,
+            rate=rate,
+            duration_s=duration,
+            keep_timing=keep_timing,
+            total=total,
+            backend=backend,
+            max_records=count,
+            progress=progress,
+        )
+    except ClickstreamError as exc:
+        partial = getattr(exc, "summary", None)
+        if partial is not None:
+            click.echo(partial.line())
+        raise
     click.echo(summary.line())
     if summary.failed:
         sys.exit(2)
+    if summary.interrupted:
+        sys.exit(130)
 
 
 @main.command()
-@click.option("--topic", default=None)
-@click.option("--bootstrap-servers", default=None)
-@click.option("--from-beginning", is_flag=True)
-@click.option("--max", "max_records", type=int, default=None, help="Stop after N records.")
+@click.option("--topic", default=None, help="Topic (default user_clickstream).")
+@click.option(
+    "--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: local broker)."
+)
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the newest.")
+@click.option(
+    "--max", "max_records", type=click.IntRange(min=1), default=None, help="Stop after N records."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after this many seconds without a new record (default: wait for Ctrl-C).",
+)
 @click.option("--raw", is_flag=True, help="Print values exactly as stored.")
-def consume(topic, bootstrap_servers, from_beginning, max_records, raw):
-    """Tail a topic, pretty-printed (Ctrl-C to stop)."""
+def consume(topic, bootstrap_servers, from_beginning, max_records, timeout, raw):
+    """Tail a topic, pretty-printed (Ctrl-C to stop). Invalid values are shown, marked red."""
     from kafka import KafkaConsumer
 
+    from clickstream.kafka_io import _admin, _bootstrap_errors, unreachable
+
     settings = get_settings(topic=topic, external_bootstrap=bootstrap_servers)
-    consumer = KafkaConsumer(
-        settings.topic,
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        enable_auto_commit=False,
-        client_id="clickstream-consume",
-    )
+    bootstrap = settings.bootstrap_servers
+    admin = _admin(bootstrap)
+    try:
+        exists = settings.topic in admin.list_topics()
+    finally:
+        admin.close()
+    if not exists:
+        raise ClickstreamError(
+            f"Topic {settings.topic} does not exist at {bootstrap}. Produce to it first "
+            f"(`clickstream produce --topic {settings.topic}`), or check the name with "
+            "`clickstream broker status`."
+        )
+    try:
+        consumer = KafkaConsumer(
+            settings.topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            enable_auto_commit=False,
+            client_id="clickstream-consume",
+            consumer_timeout_ms=int(timeout * 1000) if timeout else float("inf"),
+        )
+    except _bootstrap_errors():
+        raise unreachable(bootstrap) from None
     seen = 0
     try:
         for msg in consumer:
             seen += 1
             if raw:
-                click.echo(msg.value.decode("utf-8", "replace"))
+                value = msg.value
+                click.echo(value.decode("utf-8", "replace") if value is not None else "(null)")
             else:
-                _pretty(msg)
+                _echo_record(msg)
             if max_records and seen >= max_records:
                 break
     except KeyboardInterrupt:
         pass
     finally:
         consumer.close()
-        click.echo(f"({seen} records)", err=True)
+        click.echo(f"({seen:,} record{'' if seen == 1 else 's'})", err=True)
 
 
 def _pretty(msg) -> None:
@@ -270,6 +418,564 @@ def _pretty(msg) -> None:
         f"{head} {event['event_time']} {event['event_type']:<16} {event['user_id']:<8} "
         f"{event['page']:<22} {extra}"
     )
+
+
+# --- benchmarks ---
+# `clickstream bench ...`, and the record printer `consume` uses (robust to any bytes).
+
+
+def _echo_record(msg) -> None:
+    """One record, pretty-printed; values that break the contract are shown red with why."""
+    from clickstream.events import parse_value
+
+    key = msg.key.decode("utf-8", "replace") if msg.key is not None else "-"
+    head = f"p{msg.partition}@{msg.offset} key={key}"
+    event, reason = parse_value(msg.value)
+    if event is None:
+        shown = repr(msg.value[:120]) if msg.value is not None else "null"
+        click.secho(f"{head} INVALID ({reason}): {shown}", fg="red")
+        return
+    extra = " ".join(
+        f"{k}={event[k]}" for k in ("product_id", "price", "device", "country") if event.get(k)
+    )
+    click.echo(
+        f"{head} {event['event_time']} {event['event_type']:<16} {event['user_id']:<8} "
+        f"{event['page']:<22} {extra}"
+    )
+
+
+@main.group()
+def bench():
+    """Benchmarks anyone can rerun: figures with the machine they ran on."""
+
+
+@bench.command("produce")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=200_000,
+    show_default=True,
+    help="Events per client.",
+)
+@click.option(
+    "--bootstrap-servers",
+    default=None,
+    help="Measure against this cluster (default: the local broker, started if needed).",
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="Simulator seed.")
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="Also profile the kafka-python run with cProfile (an extra run, not timed).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench_produce(count, bootstrap_servers, seed, profile, as_json):
+    """Events/s of simulator + producer (kafka-python, confluent-kafka) beside Kafka's own tool."""
+    from clickstream.bench import bench_produce as run
+
+    def echo(message: str) -> None:
+        click.echo(message, err=True)
+
+    report = run(
+        get_settings(),
+        count=count,
+        bootstrap=bootstrap_servers,
+        seed=seed,
+        profile=profile,
+        echo=echo,
+    )
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
+
+
+# --- dashboard ---
+# `clickstream dashboard` (the Streamlit app in clickstream/dashboard.py; it reads only the
+# serving store) and `clickstream bench dashboard` (what one refresh of it costs).
+
+
+@main.command("dashboard")
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="Serving store URL (default: CLICKSTREAM_STORE, else SQLite in the state directory).",
+)
+@click.option("--port", type=int, default=8501, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all)."
+)
+@click.option("--base-url-path", default="", help="Serve under this URL path (behind a proxy).")
+def dashboard_command(store_url, port, host, base_url_path):
+    """The live dashboard on http://127.0.0.1:8501, reading only the serving store."""
+    from clickstream.dashboard import serve
+
+    serve(store_url, port=port, host=host, base_url_path=base_url_path, echo=click.echo)
+
+
+@click.command("dashboard")
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="Fill and time this store (default: a temporary SQLite file). It is emptied first.",
+)
+@click.option("--replace", is_flag=True, help="Allow emptying a --store that already holds data.")
+@click.option("--minutes", type=int, default=1440, show_default=True, help="Windows to fill.")
+@click.option("--repeats", type=int, default=20, show_default=True, help="Refreshes timed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench_dashboard(store_url, replace, minutes, repeats, as_json):
+    """Milliseconds one dashboard refresh costs with 24 h of per-minute windows in the store."""
+    from clickstream import dashboard_data as dd
+    from clickstream.dashboard import build_figures
+    from clickstream.serving import StoreError, open_store
+
+    if store_url and not replace:
+        try:
+            with open_store(store_url, readonly=True) as store:
+                holds_data = bool(store.read("traffic", limit=1))
+        except StoreError:
+            holds_data = False
+        if holds_data:
+            raise ClickstreamError(
+                f"{store_url} holds data and the benchmark would empty it: point --store at a "
+                "scratch store, or add --replace."
+            )
+
+    def figures(snap):
+        return [fig.to_json() for fig in build_figures(snap).values()]
+
+    click.echo(
+        f"filling {store_url or 'a temporary SQLite store'} with {minutes} per-minute windows "
+        "of every metric, then timing refreshes...",
+        err=True,
+    )
+    result = dd.bench_refresh(store_url, minutes=minutes, repeats=repeats, figures=figures)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "store": result.store_url,
+                    "minutes": result.minutes,
+                    "rows": result.rows,
+                    "queries_per_refresh": result.reads,
+                    "median_ms": {k: round(result.median(k), 2) for k in result.timings_ms},
+                    "p95_ms": {k: round(result.p95(k), 2) for k in result.timings_ms},
+                    "machine": result.machine,
+                },
+                indent=2,
+            )
+        )
+    else:
+        for line in result.lines():
+            click.echo(line)
+
+
+bench.add_command(bench_dashboard)
+
+
+# --- streaming job ---
+# `clickstream stream` (the streaming job in clickstream/stream.py), `clickstream metrics NAME`
+# (any metric from the serving store, as a table or JSON) and `clickstream bench anomalies`
+# (recall and false alerts of the anomaly detector over a long simulated stream).
+
+
+@main.command("stream")
+@click.option("--topic", default=None, help="Raw events topic (default user_clickstream).")
+@click.option(
+    "--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: local broker)."
+)
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="sqlite:///path.db (default: CLICKSTREAM_STORE, else SQLite in the state directory) "
+    "or redis://host:port/db.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Checkpoint directory (default: one per topic and store under the state directory).",
+)
+@click.option("--window", default="1 minute", show_default=True, help="Window length.")
+@click.option("--slide", default=None, help="Slide, for sliding windows (default: tumbling).")
+@click.option(
+    "--watermark", default="2 minutes", show_default=True, help="How late an event may be."
+)
+@click.option(
+    "--session-gap", default="30 minutes", show_default=True, help="Inactivity ending a session."
+)
+@click.option(
+    "--trigger", default="1 second", show_default=True, help="Micro-batch interval (continuous)."
+)
+@click.option(
+    "--available-now", is_flag=True, help="Process what the topic holds, then exit (backfills)."
+)
+@click.option(
+    "--max-offsets-per-trigger",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many records per micro-batch.",
+)
+@click.option(
+    "--alerts-topic",
+    default="clickstream_alerts",
+    show_default=True,
+    help="Topic for anomaly alerts ('' for none).",
+)
+@click.option(
+    "--quarantine-topic",
+    default="clickstream_quarantine",
+    show_default=True,
+    help="Topic for records that break the contract, with their reason ('' for none).",
+)
+@click.option(
+    "--reset", is_flag=True, help="Delete the checkpoint and the store's contents, start over."
+)
+@click.option("--master", default=None, help="Spark master URL (default: SPARK_MASTER or local).")
+@click.option("--quiet", is_flag=True, help="No line per micro-batch.")
+def stream_command(
+    topic,
+    bootstrap_servers,
+    store_url,
+    checkpoint,
+    window,
+    slide,
+    watermark,
+    session_gap,
+    trigger,
+    available_now,
+    max_offsets_per_trigger,
+    alerts_topic,
+    quarantine_topic,
+    reset,
+    master,
+    quiet,
+):
+    """The streaming job: every metric by event time into the serving store, exactly once.
+
+    Runs until Ctrl-C (or SIGTERM) with a micro-batch every --trigger; --available-now drains
+    the topic and exits. Restarted, it continues from its checkpoint.
+    """
+    import signal
+    import threading
+
+    from clickstream.stream import StreamConfig, StreamJob
+
+    settings = get_settings(topic=topic, external_bootstrap=bootstrap_servers)
+    config = StreamConfig.create(
+        settings,
+        store_url=store_url,
+        checkpoint=checkpoint,
+        window=window,
+        slide=slide,
+        watermark=watermark,
+        session_gap=session_gap,
+        trigger=trigger,
+        available_now=available_now,
+        max_offsets_per_trigger=max_offsets_per_trigger,
+        alerts_topic=alerts_topic or "",
+        quarantine_topic=quarantine_topic or "",
+        master=master,
+        reset=reset,
+    )
+    echo = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    click.echo(
+        f"streaming {config.topic} at {config.bootstrap_servers} into {config.store_url} "
+        f"(window {config.window}{', slide ' + config.slide if config.slide else ''}, "
+        f"watermark {config.watermark}, session gap {config.session_gap}); checkpoint "
+        f"{config.checkpoint}",
+        err=True,
+    )
+
+    # Ctrl-C and SIGTERM only set a flag: raising inside a call into Spark's JVM would break
+    # that call; the loop below notices the flag within a second and stops the query cleanly.
+    # (Installed once Spark runs: PySpark replaces the SIGINT handler when it starts.)
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C forces
+
+    handlers = {}
+    job = StreamJob(config, echo=echo)
+    handle = None
+    try:
+        handle = job.start()
+        handlers = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        if not available_now:
+            click.echo("running; Ctrl-C stops the job (it resumes from its checkpoint)", err=True)
+        while handle.active and not stop.is_set():
+            stop.wait(1.0)
+        if not stop.is_set():
+            handle.await_termination()  # it ended by itself: raises if it failed
+    except KeyboardInterrupt:  # during start-up, or a second Ctrl-C
+        stop.set()
+    finally:
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+        if stop.is_set():
+            click.echo("stopping the streaming job...", err=True)
+            if handle is not None:
+                _quietly(handle.stop)
+        job.close()
+        if job.spark is not None:
+            _quietly(job.spark.stop)
+    click.echo(job.summary.line())
+
+
+def _quietly(stop) -> None:
+    """Shutdown steps: if Spark's JVM is already gone (it got the signal too), say nothing."""
+    try:
+        stop()
+    except Exception:  # noqa: BLE001 - py4j errors once the JVM has exited
+        pass
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".") if value == value else "nan"
+    return str(value)
+
+
+@main.command("metrics")
+@click.argument("name")
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="Serving store URL (default: CLICKSTREAM_STORE, else SQLite in the state directory).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of rows.")
+@click.option("--since", default=None, help="Windows starting at or after this ISO-8601 time.")
+@click.option("--until", default=None, help="Windows starting before this ISO-8601 time.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The newest N windows (N rows for metrics without windows).",
+)
+@click.option("--where", "where", multiple=True, help="COLUMN=VALUE filter (repeatable).")
+def metrics_command(name, store_url, as_json, since, until, limit, where):
+    """Print metric NAME from the serving store (NAME: traffic, segments, products,
+    active_users, funnel, sessions, paths, errors, alerts, quarantine, counters, or health)."""
+    from clickstream.serving import METRICS, iso, metric, open_store
+
+    if name != "health":
+        if name not in METRICS:
+            raise ClickstreamError(
+                f"Unknown metric {name!r}; choose one of: {', '.join(METRICS)}, health."
+            )
+        columns = list(metric(name).all_columns)
+    else:
+        from clickstream.serving import HEALTH_COLUMNS
+
+        columns = list(HEALTH_COLUMNS)
+    bounds = {}
+    for label, value in (("--since", since), ("--until", until)):
+        if value is not None:
+            try:
+                bounds[label] = iso(value)
+            except (TypeError, ValueError):
+                raise click.BadParameter(
+                    f"{value!r} is not an ISO-8601 time such as 2026-11-28T10:15:00Z",
+                    param_hint=label,
+                ) from None
+    filters = {}
+    for item in where:
+        column, sep, value = item.partition("=")
+        if not sep or column not in columns:
+            raise click.BadParameter(
+                f"{item!r}: expected COLUMN=VALUE with COLUMN one of {', '.join(columns)}",
+                param_hint="--where",
+            )
+        filters[column] = value
+    with open_store(store_url, readonly=True) as store:
+        store.check_version()
+        if name == "health":
+            rows = store.health(limit=limit or 60)
+        else:
+            rows = store.read(
+                name,
+                since=bounds.get("--since"),
+                until=bounds.get("--until"),
+                limit=limit,
+                where=filters or None,
+            )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo(f"(no {name} rows{' in that range' if since or until else ''})")
+        return
+    if name == "health":  # epoch seconds -> readable UTC times, in the table only
+        rows = [{**r, "committed_at": iso(r.get("committed_at"))} for r in rows]
+    table = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    what = METRICS[name].description if name in METRICS else "batches, newest first"
+    click.echo(f"({len(rows)} rows: {what})", err=True)
+
+
+@click.command("anomalies")
+@click.option("--hours", type=float, default=12.0, show_default=True, help="Event time simulated.")
+@click.option("--rate", type=float, default=50.0, show_default=True, help="Mean events/s.")
+@click.option("--window", type=int, default=60, show_default=True, help="Window length (s).")
+@click.option("--incidents", type=int, default=8, show_default=True, help="Error incidents.")
+@click.option("--surges", type=int, default=6, show_default=True, help="Traffic surges.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench_anomalies(hours, rate, window, incidents, surges, seed, as_json):
+    """Recall and false alerts of the anomaly detector over a long simulated stream."""
+    from clickstream.anomaly import bench as run
+
+    result = run(
+        hours=hours,
+        rate=rate,
+        window_s=window,
+        incidents=incidents,
+        surges=surges,
+        seed=seed,
+        progress=lambda message: click.echo(message, err=True),
+    )
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
+
+
+_bench_group = main.commands.get("bench")
+if not isinstance(_bench_group, click.Group):  # the benchmarks section defines it; else here
+
+    @main.group("bench")
+    def _bench_group():
+        """Benchmarks anyone can rerun."""
+
+
+_bench_group.add_command(bench_anomalies)
+
+
+# --- spark cluster ---
+
+
+@main.group("spark-cluster")
+def spark_cluster():
+    """A local Spark standalone cluster (master + workers) from the installed PySpark."""
+
+
+@spark_cluster.command("up")
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--cores", type=int, default=1, show_default=True, help="Cores per worker.")
+@click.option("--memory", default="1g", show_default=True, help="Memory per worker.")
+@click.option("--port", type=int, default=None, help="Master port (default 7077).")
+def spark_cluster_up(workers, cores, memory, port):
+    """Start a master and N workers on 127.0.0.1 (idempotent); wait until all are alive."""
+    from clickstream.cluster import SparkCluster
+
+    SparkCluster(get_settings()).up(workers, cores, memory, port, echo=click.echo)
+
+
+@spark_cluster.command("down")
+def spark_cluster_down():
+    """Stop the workers and the master."""
+    from clickstream.cluster import SparkCluster
+
+    SparkCluster(get_settings()).down(echo=click.echo)
+
+
+@spark_cluster.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def spark_cluster_status(as_json):
+    """Master URL, web UI and the workers with their cores and memory."""
+    from clickstream.cluster import SparkCluster
+
+    st = SparkCluster(get_settings()).status()
+    if as_json:
+        click.echo(json.dumps(st.to_dict(), indent=2))
+        return
+    if not st.running:
+        click.echo("No Spark cluster running (start one with `clickstream spark-cluster up`).")
+        return
+    click.echo(f"master: {st.master_url} (pid {st.master_pid}, web UI {st.web_ui})")
+    for w in st.workers:
+        click.echo(f"  worker {w['id']}: {w['cores']} cores, {w['memory_mb']} MB, {w['state']}")
+
+
+# --- course ---
+
+
+@main.group()
+def course():
+    """Run the course's notebooks headless (papermill)."""
+
+
+def _notebook_parameter(text: str) -> tuple[str, object]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise click.BadParameter(f"{text!r}: expected NAME=VALUE", param_hint="--parameter")
+    try:
+        value = json.loads(raw)  # numbers, true/false, null, quoted strings
+    except ValueError:
+        value = raw
+    return name.strip(), value
+
+
+@course.command("execute")
+@click.option(
+    "--output-dir",
+    default="build/executed",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the executed copies, logs and summary.json go.",
+)
+@click.option(
+    "--fast/--full", default=True, show_default=True, help="FAST=True: smaller, quicker runs."
+)
+@click.option(
+    "--only",
+    multiple=True,
+    help="Only notebooks whose name starts with this (repeatable): --only 01 --only 03.",
+)
+@click.option("--solutions/--no-solutions", default=True, show_default=True)
+@click.option(
+    "--bootstrap-servers", default=None, help="Run against this Kafka cluster, not the local one."
+)
+@click.option(
+    "--parameter",
+    "-p",
+    "parameters",
+    multiple=True,
+    help="NAME=VALUE for every notebook's parameters cell, e.g. -p EVENT_RATE=100.",
+)
+@click.option("--cell-timeout", type=int, default=600, show_default=True, help="Seconds per cell.")
+def course_execute(output_dir, fast, only, solutions, bootstrap_servers, parameters, cell_timeout):
+    """Execute every notebook in order, then the solutions; print a summary table."""
+    from clickstream.course import execute_course
+
+    params = dict(_notebook_parameter(p) for p in parameters)
+    if bootstrap_servers:
+        params["BOOTSTRAP_SERVERS"] = bootstrap_servers
+    result = execute_course(
+        output_dir=output_dir,
+        fast=fast,
+        only=only or None,
+        include_solutions=solutions,
+        parameters=params,
+        cell_timeout=cell_timeout,
+        echo=click.echo,
+    )
+    if not bootstrap_servers:
+        click.echo("The course's broker keeps running; stop it with `clickstream broker down`.")
+    if not result.ok:
+        click.secho(
+            f"{len(result.failed)} notebook(s) failed: see their executed copies and logs in "
+            f"{output_dir}/.",
+            fg="red",
+            err=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

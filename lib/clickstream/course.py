@@ -1,0 +1,338 @@
+"""Course tooling: run every notebook headless with papermill, and small helpers notebooks share.
+
+`execute_course()` (and `clickstream course execute`, `make execute`) runs the notebooks in
+order, then the exercise solutions, each in its own papermill process with a per-cell timeout,
+and writes executed copies, one log per notebook and a summary table into `build/executed`.
+
+The helpers (`ensure_broker`, `reset_topics`, `reset_groups`, `reset_dir`, `jvm_output_to`)
+are what lets every notebook run alone or in order, rerun deterministically, and keep the
+JVM's console output out of its cells.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clickstream.config import Settings, get_settings
+from clickstream.errors import ClickstreamError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+SOLUTIONS_DIR = NOTEBOOKS_DIR / "solutions"
+DEFAULT_OUTPUT_DIR = Path("build/executed")
+KERNEL_NAME = "python3"
+CELL_TIMEOUT_S = 600  # one cell; the longest (Spark start on a busy laptop) needs ~1 minute
+NOTEBOOK_TIMEOUT_S = 1800  # a whole notebook, in case a kernel hangs outside any cell
+JVM_LOG_MAX_BYTES = 20_000_000
+
+
+# --- running the course headless ---------------------------------------------------------
+
+
+@dataclass
+class NotebookRun:
+    """How one notebook went."""
+
+    name: str
+    source: Path
+    output: Path
+    log: Path
+    status: str = "pending"  # ok | failed | timeout
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class CourseRun:
+    """The result of `execute_course`: one row per notebook, in the order they ran."""
+
+    runs: list[NotebookRun] = field(default_factory=list)
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.runs) and all(r.ok for r in self.runs)
+
+    @property
+    def failed(self) -> list[NotebookRun]:
+        return [r for r in self.runs if not r.ok]
+
+    def table(self) -> str:
+        """A plain-text summary: notebook, status, duration, and the error if any."""
+        width = max([len("notebook"), *(len(r.name) for r in self.runs)])
+        lines = [f"{'notebook':<{width}}  {'status':<7}  {'seconds':>7}", "-" * (width + 18)]
+        for r in self.runs:
+            lines.append(f"{r.name:<{width}}  {r.status:<7}  {r.seconds:>7.1f}")
+            if r.error:
+                lines.append(f"{'':<{width}}    {r.error}")
+                lines.append(f"{'':<{width}}    log: {r.log}")
+        total = sum(r.seconds for r in self.runs)
+        good = sum(r.ok for r in self.runs)
+        lines.append("-" * (width + 18))
+        lines.append(f"{good}/{len(self.runs)} succeeded in {total:.1f} s")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "notebooks": [
+                {
+                    "name": r.name,
+                    "status": r.status,
+                    "seconds": round(r.seconds, 1),
+                    "output": str(r.output),
+                    "log": str(r.log),
+                    "error": r.error,
+                }
+                for r in self.runs
+            ],
+        }
+
+
+def course_notebooks(
+    only: Iterable[str] | str | None = None, include_solutions: bool = True
+) -> list[Path]:
+    """The notebooks in course order (NN_*.ipynb), then their solutions.
+
+    `only` keeps the notebooks whose name starts with one of the given prefixes ("01", "03_st").
+    """
+    paths = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if include_solutions:
+        paths += sorted(SOLUTIONS_DIR.glob("[0-9][0-9]_*_solutions.ipynb"))
+    if only:
+        prefixes = [only] if isinstance(only, str) else list(only)
+        paths = [p for p in paths if any(p.name.startswith(x) for x in prefixes)]
+    return paths
+
+
+def execute_course(
+    output_dir: str | Path = DEFAULT_OUTPUT_DIR,
+    fast: bool = True,
+    only: Iterable[str] | str | None = None,
+    include_solutions: bool = True,
+    parameters: dict | None = None,
+    cell_timeout: int = CELL_TIMEOUT_S,
+    notebook_timeout: int = NOTEBOOK_TIMEOUT_S,
+    echo: Callable[[str], object] = print,
+) -> CourseRun:
+    """Run the notebooks in order (then the solutions) with papermill; print and return a summary.
+
+    A failing notebook does not stop the others; `CourseRun.ok` is False if any failed.
+    `parameters` are passed to every notebook (FAST is set from `fast`).
+    """
+    output_dir = Path(output_dir)
+    notebooks = course_notebooks(only, include_solutions)
+    if not notebooks:
+        raise ClickstreamError(
+            f"No notebooks matched {only!r} in {NOTEBOOKS_DIR}: names look like "
+            "00_setup_and_checks.ipynb; pass a prefix such as 00 or 03_structured."
+        )
+    params = {**(parameters or {}), "FAST": bool(fast)}
+    result = CourseRun(output_dir=output_dir)
+    mode = "fast" if fast else "full"
+    echo(
+        f"Executing {len(notebooks)} notebooks ({mode} mode, kernel {KERNEL_NAME}, "
+        f"{cell_timeout} s per cell) into {output_dir}/"
+    )
+    for index, source in enumerate(notebooks, 1):
+        relative = source.relative_to(NOTEBOOKS_DIR)
+        run = NotebookRun(
+            name=str(relative.with_suffix("")),
+            source=source,
+            output=output_dir / relative,
+            log=output_dir / "logs" / relative.with_suffix(".log").name,
+        )
+        echo(f"[{index}/{len(notebooks)}] {run.name} ...")
+        _execute_one(run, params, cell_timeout, notebook_timeout)
+        result.runs.append(run)
+        echo(f"[{index}/{len(notebooks)}] {run.name}: {run.status} ({run.seconds:.1f} s)")
+        if run.error:
+            echo(f"    {run.error}\n    log: {run.log}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    echo("")
+    echo(result.table())
+    return result
+
+
+def _execute_one(run: NotebookRun, params: dict, cell_timeout: int, notebook_timeout: int) -> None:
+    run.output.parent.mkdir(parents=True, exist_ok=True)
+    run.log.parent.mkdir(parents=True, exist_ok=True)
+    # A separate process per notebook: a dead kernel cannot take the others with it, and the
+    # kernel (so the JVMs it starts) inherits this process's stderr, i.e. the log file.
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(run.source),
+        str(run.output),
+        "--kernel",
+        KERNEL_NAME,
+        "--cwd",
+        str(run.source.parent),
+        "--execution-timeout",
+        str(cell_timeout),
+        "--no-progress-bar",
+        "--log-level",
+        "WARNING",
+        "--parameters_yaml",
+        json.dumps(params),  # JSON is YAML
+    ]
+    started = time.monotonic()
+    with run.log.open("w") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        try:
+            proc = subprocess.run(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=notebook_timeout,
+                check=False,
+            )
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            code = None
+    run.seconds = time.monotonic() - started
+    if code == 0:
+        run.status = "ok"
+        return
+    run.status = "timeout" if code is None else "failed"
+    run.error = _first_error(run.output) or (
+        f"the notebook did not finish within {notebook_timeout} s"
+        if code is None
+        else f"papermill exited with code {code}"
+    )
+
+
+def _first_error(executed: Path) -> str | None:
+    """'In [N]: Ename: message' for the first cell that raised, from the executed notebook."""
+    try:
+        nb = json.loads(executed.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                lines = str(out.get("evalue", "")).strip().splitlines()
+                first = lines[0][:200] if lines else ""
+                return f"In [{cell.get('execution_count')}]: {out.get('ename')}: {first}"
+    return None
+
+
+# --- helpers the notebooks share ---------------------------------------------------------
+
+
+def ensure_broker(
+    bootstrap_servers: str | None = None, echo: Callable[[str], object] = print
+) -> str:
+    """The bootstrap address to use: the cluster given, else the course's local broker.
+
+    The local broker is started if it is not running, and left running afterwards: every
+    notebook shares it.
+    """
+    from clickstream.broker import LocalBroker
+
+    settings = get_settings(external_bootstrap=bootstrap_servers)
+    LocalBroker(settings).up(echo=echo)
+    return settings.bootstrap_servers
+
+
+def reset_topics(*topics: str, bootstrap: str, partitions: int = 3) -> None:
+    """Delete and recreate `topics` empty, so a rerun starts again from offset 0."""
+    from clickstream.kafka_io import delete_topic, ensure_topic, topic_offsets
+
+    for topic in topics:
+        delete_topic(topic, bootstrap)
+        deadline = time.monotonic() + 30
+        while True:
+            # Right after a delete the broker may still report the old topic as existing.
+            ensure_topic(topic, partitions=partitions, bootstrap=bootstrap)
+            offsets = topic_offsets(topic, bootstrap)
+            if len(offsets) == partitions and all(e == 0 for _, e in offsets.values()):
+                break
+            if time.monotonic() > deadline:
+                raise ClickstreamError(
+                    f"Could not recreate topic {topic} empty with {partitions} partitions "
+                    f"(found {offsets}). Check the broker log (`clickstream broker status`)."
+                )
+            time.sleep(0.5)
+            delete_topic(topic, bootstrap)
+
+
+def reset_groups(*groups: str, bootstrap: str) -> None:
+    """Forget consumer `groups` and their committed offsets (a group that is absent is fine)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="clickstream-course")
+    try:
+        # Only delete groups the broker knows: on a fresh broker there is not even a group
+        # coordinator yet, and asking it to delete anything fails.
+        known = {g["group_id"] for g in admin.list_groups()}
+        doomed = [g for g in groups if g in known]
+        results = admin.delete_groups(doomed) if doomed else {}
+    finally:
+        admin.close()
+    problems = {g: r for g, r in results.items() if r not in ("OK", "GroupIdNotFoundError")}
+    if problems:
+        raise ClickstreamError(
+            f"Could not delete consumer groups {problems}: a group with running members cannot "
+            "be deleted; close its consumers (or restart the kernel that holds them) first."
+        )
+
+
+def reset_dir(path: str | Path) -> Path:
+    """An empty directory at `path` (e.g. a checkpoint location), created or emptied."""
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def notebook_dir(name: str, settings: Settings | None = None) -> Path:
+    """A per-notebook working directory under the state dir (checkpoints, scratch files)."""
+    path = (settings or get_settings()).state_dir / "course" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def jvm_output_to(log_file: str | Path | None = None) -> Iterator[Path]:
+    """Send the console output of processes started inside this block to `log_file`.
+
+    Jupyter kernels forward everything written to file descriptors 1 and 2 into the current
+    cell, and a JVM started from a cell (Spark's) inherits them and keeps printing there
+    ("WARNING: Using incubator modules", log lines) long after. Starting it inside this block
+    hands it a log file instead; Python's own prints are not affected.
+    """
+    path = Path(log_file) if log_file else get_settings().state_dir / "logs" / "spark-jvm.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    # Start afresh once the log is large, so a learner's state directory does not grow forever.
+    mode = "wb" if path.exists() and path.stat().st_size > JVM_LOG_MAX_BYTES else "ab"
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with path.open(mode) as log:
+        try:
+            for fd in saved:
+                os.dup2(log.fileno(), fd)
+            yield path
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
