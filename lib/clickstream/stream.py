@@ -1142,6 +1142,17 @@ class StreamHandle:
         self.stop()
 
 
+# What Spark's Kafka source says when the topic lost records the checkpoint expected.
+_DATA_LOSS = (
+    "KAFKA_DATA_LOSS",
+    "may have been lost",
+    "offset was changed",
+    "OffsetOutOfRange",
+    "LOST_TOPIC_PARTITIONS",
+    "KAFKA_START_OFFSET_DOES_NOT_MATCH_ASSIGNED",
+)
+
+
 def explain_failure(exc: BaseException, config: StreamConfig) -> ClickstreamError:
     """A failed query's exception -> one clear message (the cause, then what to do)."""
     text = str(exc)
@@ -1151,11 +1162,17 @@ def explain_failure(exc: BaseException, config: StreamConfig) -> ClickstreamErro
             found = re.search(rf"{marker}\w*: (.+)", text)
             if found:
                 return StreamJobError(f"The streaming job stopped: {found.group(1).strip()}")
-    if "offset" in text.lower() and ("changed" in text.lower() or "lost" in text.lower()):
+    if any(marker in text for marker in _DATA_LOSS):
         return CheckpointMismatchError(
             f"The streaming job stopped: topic {config.topic} no longer has the records its "
             "checkpoint expects (deleted, re-created, or expired by retention). Start over with "
             "`clickstream stream --reset`."
+        )
+    if "TimeoutException" in text or "NoBrokersAvailable" in text:
+        return StreamJobError(
+            f"The streaming job stopped: Kafka at {config.bootstrap_servers} did not answer in "
+            "time. Is the broker running (`clickstream broker status`)? Restarted, the job "
+            "resumes from its checkpoint and loses nothing."
         )
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return StreamJobError(

@@ -210,3 +210,19 @@ def test_reset_deletes_only_a_checkpoint_the_job_made(tmp_path):
     with pytest.raises(StreamJobError, match="not deleting it"):
         StreamJob(other).reset()
     assert (precious / "notes.txt").exists()
+
+
+def test_query_failures_are_explained():
+    from clickstream.stream import explain_failure
+
+    config = StreamConfig.create(topic="t", store_url="sqlite:///x.db", bootstrap_servers="b:1")
+    lost = Exception("[KAFKA_DATA_LOSS.START_OFFSET_RESET] Some data may have been lost ...")
+    assert "--reset" in str(explain_failure(lost, config))
+    timeout = Exception(
+        "Lost task 0.0 in stage 0.0: org.apache.kafka.common.errors.TimeoutException: Timeout "
+        "of 60000ms expired before the position for partition t-0 could be determined"
+    )
+    message = str(explain_failure(timeout, config))
+    assert "did not answer" in message and "b:1" in message and "--reset" not in message
+    ours = Exception("... clickstream.serving.StoreError: Redis at redis://h:1/0 is not reachable")
+    assert "Redis at redis://h:1/0 is not reachable" in str(explain_failure(ours, config))
