@@ -64,6 +64,8 @@ def get_spark(
             )
         return active
     check_java_for_spark()
+    # Python workers must run this interpreter (with clickstream installed), not any python3.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     jars = ensure_connector_jars(settings)
     check_connector(jars)
     master = master or settings.spark_master
