@@ -91,13 +91,25 @@ def test_killed_three_times_the_store_still_equals_the_ground_truth(
     assert truth.rows["alerts"] and expected_counters["late_dropped"] > 0
     ensure_topic(topic, partitions=3, bootstrap=bootstrap)
     stop = threading.Event()
-    sent: dict = {}
+    sent: list = []
+    # The stream arrives in KILLS + 1 consecutive chunks, the next one only after a kill, so
+    # every kill lands while data is still to come, however fast or slow this machine is.
+    bounds = [len(records) * i // (KILLS + 1) for i in range(KILLS + 2)]
+    chunks = [records[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    producers: list[threading.Thread] = []
 
-    def send() -> None:
-        items = ((key, value, None) for key, value in records)
-        sent["summary"] = produce(items, topic, bootstrap, rate=RATE, progress=False, stop=stop)
+    def send_next_chunk() -> None:
+        if producers:
+            producers[-1].join()  # keep the original order of the records
+        chunk = chunks[len(producers)]
 
-    producer = threading.Thread(target=send, daemon=True)
+        def send() -> None:
+            items = ((key, value, None) for key, value in chunk)
+            sent.append(produce(items, topic, bootstrap, rate=RATE, progress=False, stop=stop))
+
+        producers.append(threading.Thread(target=send, daemon=True))
+        producers[-1].start()
+
     cmd = [
         CLICKSTREAM,
         "stream",
@@ -132,7 +144,7 @@ def test_killed_three_times_the_store_still_equals_the_ground_truth(
     def log_text() -> str:
         return "\n".join((tmp_path / f"run{i}.log").read_text()[-3000:] for i in range(len(logs)))
 
-    producer.start()
+    send_next_chunk()
     kill_points = []
     try:
         for _ in range(KILLS):
@@ -148,12 +160,11 @@ def test_killed_three_times_the_store_still_equals_the_ground_truth(
             time.sleep(rng.uniform(0.0, 2.5))  # somewhere inside a later batch, or between
             kill_points.append(_store_state(store_url))
             _kill_group(proc, signal.SIGKILL)
-        assert producer.is_alive() or kill_points[-1][1] < len(records), (
-            "the data stopped flowing before the last kill; slow the producer down"
-        )
+            send_next_chunk()
+        assert kill_points[-1][1] < len(records)  # the last kill, too, came mid-stream
         proc = start()
-        producer.join(timeout=300)
-        assert sent["summary"].sent == len(records) and sent["summary"].failed == 0
+        producers[-1].join(timeout=300)
+        assert sum(s.sent for s in sent) == len(records) and sum(s.failed for s in sent) == 0
         _wait_for(
             lambda: _store_state(store_url)[1] == len(records),
             300,
