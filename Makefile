@@ -32,7 +32,7 @@ endif
 setup: $(STAMP) ## virtual environment, pinned dependencies, Kafka and connector jars
 	$(BIN)/clickstream setup
 
-demo: setup ## broker + producer + Spark windowed counts, live (Ctrl-C stops everything)
+demo: setup ## the whole pipeline live: broker, producer, streaming job, dashboard (Ctrl-C stops it)
 	$(BIN)/clickstream demo
 
 lab: setup ## JupyterLab on the course notebooks

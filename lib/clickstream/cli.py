@@ -143,14 +143,23 @@ def broker_status(as_json):
 
 
 @main.command()
-@click.option("--rate", type=float, default=40.0, show_default=True, help="Events per second.")
-@click.option("--window", default="10 seconds", show_default=True, help="Window length.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1, max=2000),
+    default=50.0,
+    show_default=True,
+    help="Simulated events per second.",
+)
+@click.option("--port", type=int, default=8501, show_default=True, help="Dashboard port.")
 @click.option("--seconds", type=float, default=None, help="Stop after this long (default: Ctrl-C).")
-def demo(rate, window, seconds):
-    """Broker, producer and a Spark windowed count, live, until Ctrl-C."""
+def demo(rate, port, seconds):
+    """The whole pipeline live: broker, producer, streaming job and dashboard, until Ctrl-C.
+
+    Prints the dashboard's URL. Every run starts from an empty demo topic and store.
+    """
     from clickstream.demo import run_demo
 
-    run_demo(get_settings(), rate=rate, window=window, run_seconds=seconds, echo=click.echo)
+    run_demo(get_settings(), rate=rate, port=port, run_seconds=seconds, echo=click.echo)
 
 
 @main.command()

@@ -1,0 +1,95 @@
+"""`clickstream demo` (what `make demo` runs) ends with the dashboard live on real data.
+
+The demo runs as a learner runs it, in its own process, against the session's real broker:
+it must print the dashboard's URL, serve the dashboard there while the real streaming job fills
+its store with growing results, and on Ctrl-C stop every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from clickstream.broker import free_port
+from clickstream.config import get_settings
+from clickstream.kafka_io import topic_offsets
+from clickstream.serving import open_store
+from tests.conftest import CLICKSTREAM
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+STATUS = re.compile(r"([\d,]+) events sent \| batch (\d+) \| ([\d,]+) events in")
+
+
+def _read_until(proc, pattern: re.Pattern, lines: list[str], timeout: float) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line.rstrip())
+        match = pattern.search(line)
+        if match:
+            return match
+    pytest.fail(f"no line matching {pattern.pattern!r}; the demo printed:\n" + "\n".join(lines))
+
+
+def test_demo_serves_the_dashboard_on_live_results_and_stops_everything(bootstrap):
+    port = free_port()
+    proc = subprocess.Popen(
+        [CLICKSTREAM, "demo", "--port", str(port), "--rate", "100", "--seconds", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        url = _read_until(proc, re.compile(r"Dashboard: (http://\S+)"), lines, 120).group(1)
+        assert url == f"http://localhost:{port}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            assert resp.status == 200
+            assert "<title>Streamlit</title>" in resp.read().decode()
+
+        first = _read_until(proc, STATUS, lines, 180)
+        later = _read_until(proc, STATUS, lines, 60)
+        sent = [int(m.group(1).replace(",", "")) for m in (first, later)]
+        batches = [int(m.group(2)) for m in (first, later)]
+        assert sent[1] > sent[0] and batches[1] > batches[0], lines
+        assert int(later.group(3).replace(",", "")) > 0
+        # The dashboard's store holds the job's results, and they keep coming.
+        store_url = f"sqlite:///{get_settings().state_dir / 'demo' / 'serving.db'}"
+        with open_store(store_url, readonly=True) as store:
+            assert store.read("traffic", limit=1)
+            assert store.last_batch("stream") >= batches[1]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the demo's terminal
+        out, _ = proc.communicate(timeout=120)
+        lines.extend(out.splitlines())
+    assert proc.returncode == 0, "\n".join(lines)
+    text = "\n".join(lines)
+    for part in ("producer stopped", "dashboard stopped", "streaming job stopped"):
+        assert part in text
+    assert "broker left running" in text  # the session's broker was running before
+    # What the producer reported sending is in the demo topic, and the job's processes are gone.
+    produced = int(
+        re.search(r"sent ([\d,]+) records to clickstream_demo", text).group(1).replace(",", "")
+    )
+    offsets = topic_offsets("clickstream_demo", bootstrap)
+    assert sum(end for _, end in offsets.values()) == produced
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+    leftover = subprocess.run(
+        ["pgrep", "-f", str(get_settings().state_dir / "demo")],
+        capture_output=True,
+        text=True,
+    )
+    assert leftover.stdout.strip() == "", "a process the demo started is still running"
