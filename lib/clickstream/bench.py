@@ -1,7 +1,8 @@
 """`clickstream bench produce`: our producer's events/s beside reference clients, in one run.
 
-Four figures on the same machine and broker: (a) the simulator feeding our producer with
-kafka-python, (b) the same with confluent-kafka, (c) Kafka's own Java `ProducerPerformance`
+Four figures on the same machine and broker: (a) the simulator (in a process of its own, as
+`clickstream produce` runs it) feeding our producer with kafka-python, (b) the same with
+confluent-kafka, (c) Kafka's own Java `ProducerPerformance`
 with records of our mean size, and (d) the simulator alone, which bounds (a) and (b). Each
 client writes to a fresh 3-partition topic; message counts are checked and the topics deleted.
 """
@@ -102,8 +103,8 @@ class ProduceBench:
             lines += [
                 "",
                 f"where (a)'s {w['wall_s']:.2f} s go: main thread {w['main_thread_cpu_s']:.2f} s "
-                f"CPU (simulator ~{w['generation_cpu_s']:.2f} s of it, send() the rest); "
-                f"client I/O thread {w['io_thread_cpu_s']:.2f} s CPU (compression, CRC32C, "
+                "CPU (send() and taking the events from the simulator's process, which used "
+                f"~{w['generation_cpu_s']:.2f} s CPU on the other core); client I/O thread {w['io_thread_cpu_s']:.2f} s CPU (compression, CRC32C, "
                 f"network, acks); both share one GIL; {max(waited, 0.0):.2f} s waiting (for a "
                 "core, the broker, acks)",
             ]
@@ -219,7 +220,7 @@ def measure_ours(
 ) -> tuple[Figure, dict, list[dict]]:
     """(a)/(b): simulator + our producer with `backend`; also thread CPU times and a profile."""
     from clickstream.kafka_io import message_count
-    from clickstream.producer import make_backend, produce, simulated_records
+    from clickstream.producer import generated_in_background, make_backend, produce
 
     client = make_backend(backend, bootstrap)
     # CPU time, not wall time: waiting for the GIL or a core would otherwise swamp the profile.
@@ -230,7 +231,7 @@ def measure_ours(
         if profiler is not None:
             profiler.enable()
         summary = produce(
-            simulated_records(config, with_times=False),
+            generated_in_background(config),
             topic,
             bootstrap,
             progress=False,

@@ -95,6 +95,71 @@ def simulated_records(config, with_times: bool = True) -> Iterator[Item]:
         yield rec.key, rec.value, ts
 
 
+def _generator_main(config_json: str, with_times: str, chunk: str) -> None:
+    """Child process of `generated_in_background`: pickled chunks of items on stdout."""
+    import pickle
+
+    from clickstream.simulator import SimConfig
+
+    out = sys.stdout.buffer
+    size = int(chunk)
+    try:
+        config = SimConfig.from_dict(json.loads(config_json))
+        batch: list = []
+        for item in simulated_records(config, with_times=with_times == "1"):
+            batch.append(item)
+            if len(batch) >= size:
+                pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+                batch = []
+        if batch:
+            pickle.dump(batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(None, out)
+    except BrokenPipeError:  # the parent stopped reading (a duration, a stop): nothing to say
+        return
+    except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
+        pickle.dump(f"{type(exc).__name__}: {exc}", out)
+    out.flush()
+
+
+def generated_in_background(config, with_times: bool = False, chunk: int = 2048) -> Iterator[Item]:
+    """`simulated_records(config)`, generated in a separate process and handed over in chunks.
+
+    The same items in the same order (one generator, one pipe). Generating costs about 7 us per
+    event in Python; in a process of its own it runs on a second core while this process spends
+    its time in the Kafka client. The pipe's buffer bounds memory (the generator waits when the
+    reader is behind); closing the iterator early (a duration or a stop) stops the process.
+    """
+    import pickle
+    import subprocess
+
+    code = "import sys; from clickstream.producer import _generator_main; _generator_main(*sys.argv[1:])"
+    args = [json.dumps(config.to_dict()), "1" if with_times else "0", str(chunk)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        while True:
+            try:
+                batch = pickle.load(proc.stdout)
+            except EOFError:
+                proc.wait(timeout=10)
+                raise ClickstreamError(
+                    f"the simulator process ended unexpectedly (exit code {proc.returncode}): "
+                    + proc.stderr.read().decode(errors="replace").strip()[-500:]
+                ) from None
+            if batch is None:
+                return
+            if isinstance(batch, str):
+                raise ClickstreamError(f"the simulator failed: {batch}")
+            yield from batch
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.stdout.close()
+        proc.stderr.close()
+        proc.wait(timeout=10)
+
+
 class ReplayFile:
     """The lines of a JSONL file (gzip-compressed or not) as (key, value, event time) triples.
 
