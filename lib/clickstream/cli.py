@@ -295,8 +295,8 @@ def produce(
     from datetime import UTC, datetime
 
     from clickstream.kafka_io import ensure_topic
+    from clickstream.producer import generated_in_background, replay_records, simulated_records
     from clickstream.producer import produce as run
-    from clickstream.producer import replay_records, simulated_records
     from clickstream.simulator import SimConfig
 
     if rate and keep_timing:
@@ -320,7 +320,11 @@ def produce(
             rate=rate or 50.0,
             daily_amplitude=0.0 if rate else 0.5,
         )
-        items, total = simulated_records(config, with_times=keep_timing), count
+        if keep_timing or (rate and rate < 1000):
+            items = simulated_records(config, with_times=keep_timing)
+        else:  # flat out: the simulator gets a core of its own
+            items = generated_in_background(config)
+        total = count
     if create_topic and ensure_topic(settings.topic, partitions=partitions, bootstrap=bootstrap):
         click.echo(f"created topic {settings.topic} ({partitions} partitions)", err=True)
     try:
