@@ -142,6 +142,48 @@ def broker_status(as_json):
             )
 
 
+@main.command("lag")
+@click.option(
+    "--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: local broker)."
+)
+@click.option("--group", "groups", multiple=True, help="Only this consumer group (repeatable).")
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Only this Spark checkpoint (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of partitions.")
+def lag_command(bootstrap_servers, groups, checkpoints, as_json):
+    """Consumer lag per partition: consumer groups and streaming-job checkpoints.
+
+    Without --group or --checkpoint: every consumer group with committed offsets, and every
+    checkpoint of `clickstream stream` (and of the demo) in the state directory.
+    """
+    from clickstream import lag
+
+    settings = get_settings(external_bootstrap=bootstrap_servers)
+    bootstrap = settings.bootstrap_servers
+    everything = not groups and not checkpoints
+    rows = []
+    if everything or groups:
+        rows += lag.group_lag(bootstrap, list(groups) or None)
+    for checkpoint in checkpoints or (lag.job_checkpoints(settings) if everything else []):
+        if not checkpoints or lag.committed_offsets(checkpoint):
+            rows += lag.checkpoint_lag(checkpoint, bootstrap)
+        else:
+            raise ClickstreamError(
+                f"{checkpoint} has no committed micro-batch (is it a Spark checkpoint, and has "
+                "the query finished a batch?)"
+            )
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    for line in lag.format_table(rows):
+        click.echo(line)
+
+
 @main.command()
 @click.option(
     "--rate",
