@@ -142,11 +142,44 @@ def redis_url(tmp_path_factory):
     proc.wait(timeout=10)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server (initdb into a temporary directory) for the session.
+
+    Fails when PostgreSQL is not installed (apt-get install postgresql), unless
+    CLICKSTREAM_SKIP_POSTGRES=1 says to skip the tests that need it.
+    """
+    from tests.postgres_server import PostgresMissing, start_server
+
+    try:
+        server = start_server(free_port())
+    except PostgresMissing as exc:
+        if os.environ.get("CLICKSTREAM_SKIP_POSTGRES") == "1":
+            pytest.skip(f"CLICKSTREAM_SKIP_POSTGRES=1: {exc}")
+        pytest.fail(str(exc))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def postgres_store_url(postgres_url):
+    """A PostgreSQL store URL of its own (a fresh schema), dropped afterwards."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{postgres_url}?schema={schema}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def store_url(request, tmp_path):
-    """Each serving-store backend in turn: a fresh SQLite file, a flushed Redis database."""
+    """Each serving-store backend in turn: a fresh SQLite file, a flushed Redis database, a
+    fresh PostgreSQL schema."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'serving.db'}"
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_store_url")
     url = request.getfixturevalue("redis_url")
     import redis
 

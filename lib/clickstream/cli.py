@@ -35,7 +35,8 @@ def main(ctx, debug):
 
 @main.command()
 def setup():
-    """Fetch and cache the Kafka broker jars and the Spark Kafka connector (once)."""
+    """Fetch and cache the Kafka broker jars, the Spark Kafka connector and the PostgreSQL JDBC
+    driver (once)."""
     from clickstream import jars
     from clickstream.java import check_java_for_spark
 
@@ -45,9 +46,11 @@ def setup():
     started = time.monotonic()
     kafka = jars.ensure_kafka_jars(settings)
     conn = jars.ensure_connector_jars(settings)
+    jdbc = jars.ensure_jdbc_jars(settings)
     click.echo(
         f"Kafka {settings.kafka_version}: {len(kafka)} jars; Spark Kafka connector "
         f"{jars.connector_version(conn)} for PySpark {jars.pyspark_version()}: {len(conn)} jars; "
+        f"PostgreSQL JDBC driver {jars.POSTGRES_JDBC_VERSION}: {len(jdbc)} jars; "
         f"cache {settings.cache_dir} ({jars.cache_size_bytes(settings) / 1e6:.0f} MB); "
         f"{time.monotonic() - started:.1f} s."
     )
@@ -642,8 +645,8 @@ bench.add_command(bench_dashboard)
     "--store",
     "store_url",
     default=None,
-    help="sqlite:///path.db (default: CLICKSTREAM_STORE, else SQLite in the state directory) "
-    "or redis://host:port/db.",
+    help="sqlite:///path.db (default: CLICKSTREAM_STORE, else SQLite in the state directory), "
+    "redis://host:port/db or postgresql://user@host:port/db.",
 )
 @click.option(
     "--checkpoint",

@@ -29,7 +29,14 @@ import streamlit as st
 
 from clickstream import dashboard_data as dd
 from clickstream.errors import ClickstreamError
-from clickstream.serving import Store, StoreError, StoreMissingError, StoreVersionError, open_store
+from clickstream.serving import (
+    POSTGRES_SCHEMES,
+    Store,
+    StoreError,
+    StoreMissingError,
+    StoreVersionError,
+    open_store,
+)
 
 REFRESH_CHOICES = (1, 2, 5, 10)  # seconds
 CHART_HEIGHT = 300
@@ -775,11 +782,15 @@ def streamlit_command(
 def check_url(url: str) -> None:
     """Raise a StoreError for a URL no store can have (a missing store is fine: it may come)."""
     parsed = urlparse(url)
-    if not (url.startswith("sqlite:///") or parsed.scheme in ("redis", "rediss")):
+    if not (
+        url.startswith("sqlite:///")
+        or parsed.scheme in ("redis", "rediss")
+        or parsed.scheme in POSTGRES_SCHEMES
+    ):
         raise StoreError(
             f"Unsupported store URL {url!r}: use sqlite:///relative.db, "
-            "sqlite:////absolute/path.db or redis://host:port/db (the one `clickstream stream` "
-            "writes to)."
+            "sqlite:////absolute/path.db, redis://host:port/db or postgresql://user@host:port/db "
+            "(the one `clickstream stream` writes to)."
         )
 
 

@@ -1,8 +1,9 @@
-"""Fetch and cache the jars that run Kafka and connect Spark to it.
+"""Fetch and cache the jars that run Kafka and connect Spark to it and to PostgreSQL.
 
-Both sets are resolved from Maven Central with the Ivy jar that ships inside PySpark, so a
-learner needs nothing beyond Python and Java. Each set is fetched once into the cache
-directory; a warm machine needs no network. Set CLICKSTREAM_MAVEN_REPO to use a mirror.
+Every set (the broker, the Spark Kafka connector, the PostgreSQL JDBC driver) is resolved from
+Maven Central with the Ivy jar that ships inside PySpark, so a learner needs nothing beyond
+Python and Java. Each set is fetched once into the cache directory; a warm machine needs no
+network. Set CLICKSTREAM_MAVEN_REPO to use a mirror.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from clickstream.java import find_java_executable
 
 COMPLETE_MARKER = ".complete"
 LOG4J_VERSION = "2.25.4"
+# The JDBC driver Spark writes the PostgreSQL serving store with (clickstream.serving_postgres).
+POSTGRES_JDBC_VERSION = "42.7.14"
 
 # PySpark ships these; the connector must not download or bring second copies of them.
 _SPARK_PROVIDED = (
@@ -78,6 +81,10 @@ def connector_modules(spark_version: str) -> list[tuple[str, str, str]]:
     return [("org.apache.spark", f"spark-sql-kafka-0-10_{SCALA_BINARY}", spark_version)]
 
 
+def jdbc_modules() -> list[tuple[str, str, str]]:
+    return [("org.postgresql", "postgresql", POSTGRES_JDBC_VERSION)]
+
+
 def kafka_jars_dir(settings: Settings | None = None) -> Path:
     settings = settings or get_settings()
     return settings.cache_dir / "jars" / f"kafka-{settings.kafka_version}"
@@ -86,6 +93,11 @@ def kafka_jars_dir(settings: Settings | None = None) -> Path:
 def connector_jars_dir(settings: Settings | None = None, spark_version: str | None = None) -> Path:
     settings = settings or get_settings()
     return settings.cache_dir / "jars" / f"spark-kafka-{spark_version or pyspark_version()}"
+
+
+def jdbc_jars_dir(settings: Settings | None = None) -> Path:
+    settings = settings or get_settings()
+    return settings.cache_dir / "jars" / f"postgresql-jdbc-{POSTGRES_JDBC_VERSION}"
 
 
 def _ivy_module_xml(name: str, modules: list[tuple[str, str, str]], excludes=()) -> str:
@@ -125,7 +137,13 @@ def jar_files(target: Path) -> list[Path]:
 
 
 def _run_ivy(
-    label: str, modules, target: Path, settings: Settings, excludes=(), quiet=False
+    label: str,
+    modules,
+    target: Path,
+    settings: Settings,
+    excludes=(),
+    quiet=False,
+    for_spark=False,
 ) -> None:
     """Resolve `modules` with Ivy into `target`, printing one line per downloaded artifact."""
     java = find_java_executable()
@@ -188,7 +206,8 @@ def _run_ivy(
     shutil.rmtree(work, ignore_errors=True)
     # The retrieved copies are all we use: drop Ivy's own copies to halve the disk footprint.
     shutil.rmtree(ivy_cache / "cache", ignore_errors=True)
-    _drop_duplicates_of_pyspark(staging, label)
+    if for_spark:
+        _drop_duplicates_of_pyspark(staging)
     (staging / COMPLETE_MARKER).write_text(
         "\n".join(p.name for p in jar_files(staging)) + "\n", encoding="utf-8"
     )
@@ -200,10 +219,8 @@ def _run_ivy(
         print(f"  {label}: {len(jar_files(target))} jars, {size:.0f} MB", file=sys.stderr)
 
 
-def _drop_duplicates_of_pyspark(staging: Path, label: str) -> None:
-    """Connector jars only: keep one copy of libraries that PySpark already ships."""
-    if "connector" not in label:
-        return
+def _drop_duplicates_of_pyspark(staging: Path) -> None:
+    """Jars for Spark's classpath: keep one copy of libraries that PySpark already ships."""
     shipped = {_artifact_name(p.name) for p in pyspark_jars_dir().glob("*.jar")}
     for jar in jar_files(staging):
         if _artifact_name(jar.name) in shipped:
@@ -245,6 +262,24 @@ def ensure_connector_jars(settings: Settings | None = None, quiet: bool = False)
             settings,
             excludes=_SPARK_PROVIDED,
             quiet=quiet,
+            for_spark=True,
+        )
+    return jar_files(target)
+
+
+def ensure_jdbc_jars(settings: Settings | None = None, quiet: bool = False) -> list[Path]:
+    """The PostgreSQL JDBC driver Spark writes the warehouse store with."""
+    settings = settings or get_settings()
+    target = jdbc_jars_dir(settings)
+    if not is_complete(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _run_ivy(
+            f"PostgreSQL JDBC driver {POSTGRES_JDBC_VERSION}",
+            jdbc_modules(),
+            target,
+            settings,
+            quiet=quiet,
+            for_spark=True,
         )
     return jar_files(target)
 

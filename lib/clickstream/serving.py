@@ -1,7 +1,9 @@
 """The serving store: where the streaming job writes its results and the dashboard reads them.
 
 Chosen by URL: `sqlite:///path/to/serving.db` (default; embedded, no server: one writer, readers in
-other processes thanks to WAL mode) or `redis://host:port/db` (a real redis-server).
+other processes thanks to WAL mode), `redis://host:port/db` (a real redis-server) or
+`postgresql://user@host:port/db` (a warehouse: written through Spark's JDBC writer, see
+`clickstream.serving_postgres`).
 
 Writes are idempotent per micro-batch and key: `write_batch(job, batch_id, rows)` applies a batch
 in one transaction and records its id; a batch that was already applied (a restarted job replaying
@@ -164,7 +166,7 @@ def metric(name: str) -> Metric:
 
 
 class Store:
-    """Common interface of the SQLite and Redis stores."""
+    """Common interface of the SQLite, Redis and PostgreSQL stores."""
 
     url: str
 
@@ -198,6 +200,9 @@ class Store:
 
     def reset(self) -> None:
         raise NotImplementedError
+
+    def use_spark(self, spark) -> None:
+        """Write through this Spark session where the store can (PostgreSQL: the JDBC writer)."""
 
     def close(self) -> None:
         pass
@@ -496,6 +501,9 @@ def _epoch(value) -> float:
     return datetime.fromisoformat(iso(value).replace("Z", "+00:00")).timestamp()
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
 def open_store(url: str | None = None, readonly: bool = False) -> Store:
     """The store at `url` (default: CLICKSTREAM_STORE, else SQLite in the state directory)."""
     if url is None:
@@ -508,7 +516,11 @@ def open_store(url: str | None = None, readonly: bool = False) -> Store:
         return SQLiteStore(url[len("sqlite:///") :], readonly=readonly)
     if parsed.scheme in ("redis", "rediss"):
         return RedisStore(url)
+    if parsed.scheme in POSTGRES_SCHEMES:
+        from clickstream.serving_postgres import PostgresStore
+
+        return PostgresStore(url, readonly=readonly)
     raise StoreError(
-        f"Unsupported store URL {url!r}: use sqlite:///relative.db, sqlite:////absolute/path.db "
-        "or redis://host:port/db."
+        f"Unsupported store URL {url!r}: use sqlite:///relative.db, sqlite:////absolute/path.db, "
+        "redis://host:port/db or postgresql://user@host:port/db."
     )

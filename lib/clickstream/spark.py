@@ -1,4 +1,5 @@
-"""A Spark session with the Kafka connector that matches the installed PySpark exactly.
+"""A Spark session with the Kafka connector that matches the installed PySpark exactly, and the
+PostgreSQL JDBC driver (the warehouse store's writer).
 
 Jars are handed to Spark as local files before its JVM starts (setting them later is silently
 ignored, PITFALLS #4), logs are quiet, the UI is off unless asked for, and shuffles are sized for
@@ -13,7 +14,12 @@ from pathlib import Path
 
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError, ConnectorMismatchError
-from clickstream.jars import connector_version, ensure_connector_jars, pyspark_version
+from clickstream.jars import (
+    connector_version,
+    ensure_connector_jars,
+    ensure_jdbc_jars,
+    pyspark_version,
+)
 from clickstream.java import check_java_for_spark
 
 LOG4J_CONFIG = Path(__file__).with_name("spark_log4j2.properties")
@@ -68,6 +74,7 @@ def get_spark(
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     jars = ensure_connector_jars(settings)
     check_connector(jars)
+    jars = jars + ensure_jdbc_jars(settings)
     master = master or settings.spark_master
     java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} -Dlog4j.configurationFile=file:{LOG4J_CONFIG}"
     builder = (

@@ -789,6 +789,7 @@ class StreamJob:
 
             self.echo("starting Spark...")
             spark = self.spark = get_spark("clickstream-stream", master=self.config.master)
+        self.store.use_spark(spark)  # PostgreSQL: batches go in through Spark's JDBC writer
         raw = read_kafka(
             spark,
             self.config.topic,

@@ -1,4 +1,4 @@
-"""The Streamlit app over a store filled with known data, on SQLite and on Redis.
+"""The Streamlit app over a store filled with known data, on SQLite, Redis and PostgreSQL.
 
 AppTest runs the real script (lib/clickstream/dashboard.py) in this process, fragments included;
 the store URL reaches it through CLICKSTREAM_STORE, as with `clickstream dashboard --store`.
@@ -187,6 +187,14 @@ def test_old_version_store(store_url, monkeypatch):
         path = store_url[len("sqlite:///") :]
         with sqlite3.connect(path) as conn:
             conn.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
+    elif store_url.startswith("postgresql"):
+        import psycopg
+
+        from clickstream.serving_postgres import split_url
+
+        conninfo, schema = split_url(store_url)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f"UPDATE {schema}.meta SET value = '0' WHERE key = 'schema_version'")
     else:
         import redis
 

@@ -43,9 +43,9 @@ def test_a_port_in_use_is_a_clear_error():
 
 
 def test_an_unsupported_store_url_is_a_clear_error():
-    result = CliRunner().invoke(main, ["dashboard", "--store", "postgres://db/x"])
+    result = CliRunner().invoke(main, ["dashboard", "--store", "mysql://db/x"])
     assert result.exit_code == 1
-    assert "Unsupported store URL 'postgres://db/x'" in result.output
+    assert "Unsupported store URL 'mysql://db/x'" in result.output
     assert "Traceback" not in result.output
 
 

@@ -68,8 +68,16 @@ def _epoch(text: str) -> float:
 @pytest.mark.integration
 @pytest.mark.spark
 def test_every_metric_equals_the_ground_truth(
-    spark, bootstrap, topic, store_url, tmp_path, records, truth
+    spark, bootstrap, topic, store_url, tmp_path, records, truth, monkeypatch
 ):
+    if store_url.startswith("postgresql://"):
+        # The job writes PostgreSQL through Spark's JDBC writer, never the driver-side fallback.
+        from clickstream.serving_postgres import PostgresStore
+
+        def no_fallback(*args):
+            raise AssertionError("the streaming job staged rows without Spark's JDBC writer")
+
+        monkeypatch.setattr(PostgresStore, "_stage_with_sql", no_fallback)
     ensure_topic(topic, partitions=3, bootstrap=bootstrap)
     assert send_all(records, topic, bootstrap) == len(records)
     config = job_config(topic, bootstrap, store_url, tmp_path / "checkpoint")
