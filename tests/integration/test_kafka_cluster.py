@@ -3,6 +3,7 @@ mid-stream, and not one acknowledged event lost."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -85,3 +86,78 @@ def test_losing_one_of_three_brokers_loses_no_acknowledged_event(kafka_cluster):
     assert sorted(kafka_cluster.running_nodes()) == [1, 2, 3]
     st = kafka_cluster.status()
     assert st.topics["orders"] == {"partitions": 3, "messages": total}
+
+
+@pytest.mark.spark
+def test_the_streaming_job_on_three_brokers_survives_losing_one(kafka_cluster, tmp_path):
+    """The job reads a replicated topic while the leader of a partition is SIGKILLed: it
+    carries on, and its store ends equal to the ground truth."""
+    from clickstream.producer import produce
+    from clickstream.serving import open_store
+    from tests.stream_process import kill_group, start, store_state, stream_command, wait_for
+    from tests.stream_truth import (
+        Params,
+        build_stream,
+        diff,
+        expected_store,
+        store_rows,
+        stream_config,
+    )
+
+    params = Params()
+    records = build_stream(stream_config(count=1200))
+    truth = expected_store(records, params)
+    kafka_cluster.up(3, echo=lambda m: None)
+    bootstrap = kafka_cluster.bootstrap_servers
+    topic = "clicks_replicated"
+    ensure_topic(
+        topic,
+        partitions=3,
+        bootstrap=bootstrap,
+        replication_factor=3,
+        configs={"min.insync.replicas": "2"},
+    )
+    store_url = f"sqlite:///{tmp_path / 'serving.db'}"
+    cmd = stream_command(
+        topic,
+        bootstrap,
+        store_url,
+        tmp_path / "ckpt",
+        "--max-offsets-per-trigger",
+        "300",
+        *params.cli_args(),
+    )
+    log = tmp_path / "stream.log"
+    proc = start(cmd, log)
+
+    def log_text() -> str:
+        return log.read_text()[-3000:]
+
+    def send(chunk) -> None:
+        items = ((key, value, None) for key, value in chunk)
+        summary = produce(items, topic, bootstrap, rate=200.0, progress=False)
+        assert (summary.sent, summary.failed) == (len(chunk), 0)
+
+    half = len(records) // 2
+    try:
+        send(records[:half])
+        wait_for(lambda: store_state(store_url)[1] > 0, 240, "a first batch", proc, log_text)
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        parts = admin.describe_topics([topic])[0]["partitions"]
+        admin.close()
+        victim = next(p["leader_id"] for p in parts if p["partition_index"] == 0)
+        kafka_cluster.stop_node(victim, hard=True, echo=lambda m: None)
+        assert victim not in kafka_cluster.running_nodes()
+        send(records[half:])  # acks=all still succeeds: two in-sync replicas remain
+        wait_for(
+            lambda: store_state(store_url)[1] == len(records), 300, "every record", proc, log_text
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log_text()
+    finally:
+        kill_group(proc, signal.SIGKILL)
+    with open_store(store_url) as store:
+        got = store_rows(store)
+    assert got == truth.rows, diff(got, truth.rows)

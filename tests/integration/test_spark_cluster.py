@@ -1,23 +1,22 @@
-"""A real Spark standalone cluster from the installed PySpark runs the same pipeline."""
+"""A real Spark standalone cluster from the installed PySpark runs the same streaming job."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
-from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from clickstream.broker import _pid_alive, free_port
 from clickstream.cluster import SparkCluster
 from clickstream.config import get_settings
-from clickstream.kafka_io import ensure_topic
-from clickstream.producer import produce, simulated_records
-from clickstream.simulator import SimConfig, Simulator
+from clickstream.kafka_io import ensure_topic, send_all
+from clickstream.serving import open_store
+from tests.stream_process import stream_command
+from tests.stream_truth import Params, build_stream, diff, expected_store, store_rows, stream_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+PARAMS = Params()
 
 
 @pytest.fixture
@@ -36,32 +35,32 @@ def test_cluster_lifecycle_and_pipeline_on_two_workers(cluster, bootstrap, topic
     cluster.up(port=port, echo=said.append)
     assert "already running" in said[-1]
 
-    config = SimConfig(seed=11, count=3000, rate=30.0)
+    # The streaming job, unchanged, on the cluster: its store equals the ground truth.
+    records = build_stream(stream_config(count=1200))
+    truth = expected_store(records, PARAMS)
     ensure_topic(topic, partitions=4, bootstrap=bootstrap)
-    assert produce(simulated_records(config), topic, bootstrap, progress=False).sent == 3000
-    expected = Counter()
-    for rec in Simulator(config).records():
-        t = rec.event["event_time"]
-        expected[(t[:16] + ":00", rec.event["event_type"])] += 1
-
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("cluster_job.py")),
-            st.master_url,
-            bootstrap,
-            topic,
-            str(tmp_path / "ckpt"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    send_all(records, topic, bootstrap)
+    store_url = f"sqlite:///{tmp_path / 'serving.db'}"
+    cmd = stream_command(
+        topic,
+        bootstrap,
+        store_url,
+        tmp_path / "ckpt",
+        "--available-now",
+        "--max-offsets-per-trigger",
+        "300",
+        "--master",
+        st.master_url,
+        *PARAMS.cli_args(),
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["master"] == st.master_url and result["executors"] == 2
-    got = {(w[:16] + ":00", et): n for w, et, n in result["counts"]}
-    assert got == {(k[0].replace("T", "T"), k[1]): v for k, v in expected.items()}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    with open_store(store_url) as store:
+        got = store_rows(store)
+    assert got == truth.rows, diff(got, truth.rows)
+    # It ran as an application of this master, with an executor on each worker (a core each).
+    apps = [a for a in cluster._master_json()["completedapps"] if a["name"] == "clickstream-stream"]
+    assert len(apps) == 1 and apps[0]["cores"] == 2, apps
 
     pids = [cluster.meta()["master_pid"], *cluster.meta()["worker_pids"]]
     assert cluster.down(echo=said.append)
