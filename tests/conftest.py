@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 from clickstream.broker import LocalBroker, free_port
 from clickstream.config import get_settings
+from clickstream.course import end_test_session, isolate_test_session
 
 IN_CI = bool(os.environ.get("CI"))
 # The CLI installed beside this interpreter (tests may run without the venv on PATH).
@@ -27,21 +27,11 @@ CLICKSTREAM = str(Path(sys.executable).with_name("clickstream"))
 
 
 def pytest_configure(config):
-    if not os.environ.get("CLICKSTREAM_TEST_STATE_DIR"):
-        state = Path(tempfile.mkdtemp(prefix="clickstream-tests-"))
-        os.environ["CLICKSTREAM_TEST_STATE_DIR"] = str(state)
-        os.environ["CLICKSTREAM_STATE_DIR"] = str(state)
-        os.environ["CLICKSTREAM_KAFKA_PORT"] = str(free_port())
+    isolate_test_session()
 
 
 def pytest_unconfigure(config):
-    isolated = os.environ.get("CLICKSTREAM_STATE_DIR") == os.environ.get(
-        "CLICKSTREAM_TEST_STATE_DIR"
-    )
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or not isolated:
-        return  # never stop a broker this session did not own
-    # Whatever started the session's broker (a fixture or a notebook), stop it.
-    LocalBroker(get_settings()).down(echo=lambda m: None)
+    end_test_session()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -336,3 +337,32 @@ def jvm_output_to(log_file: str | Path | None = None) -> Iterator[Path]:
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
+
+
+# -- test sessions -----------------------------------------------------------------------------
+# pytest (tests/conftest.py, and notebooks/conftest.py when only notebooks are collected) calls
+# these: a private state directory and broker port for the whole session, set in the
+# environment before any notebook kernel or subprocess starts, so they inherit them and never
+# touch a learner's broker. Whichever conftest runs first sets it up; the other sees it done.
+def isolate_test_session() -> None:
+    """Point CLICKSTREAM_STATE_DIR at a fresh temporary directory and the broker at a free port."""
+    if os.environ.get("CLICKSTREAM_TEST_STATE_DIR"):
+        return
+    from clickstream.broker import free_port
+
+    state = Path(tempfile.mkdtemp(prefix="clickstream-tests-"))
+    os.environ["CLICKSTREAM_TEST_STATE_DIR"] = str(state)
+    os.environ["CLICKSTREAM_STATE_DIR"] = str(state)
+    os.environ["CLICKSTREAM_KAFKA_PORT"] = str(free_port())
+
+
+def end_test_session() -> None:
+    """Stop the session's private broker, whatever started it (a fixture or a notebook)."""
+    isolated = os.environ.get("CLICKSTREAM_STATE_DIR") == os.environ.get(
+        "CLICKSTREAM_TEST_STATE_DIR"
+    )
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or not isolated:
+        return  # never stop a broker this session did not own
+    from clickstream.broker import LocalBroker
+
+    LocalBroker(get_settings()).down(echo=lambda message: None)
