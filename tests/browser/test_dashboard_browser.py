@@ -10,6 +10,7 @@ test-artifacts/dashboard.png.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -22,6 +23,8 @@ from clickstream import dashboard_data as dd
 from clickstream.broker import free_port
 from clickstream.serving import open_store
 from tests.conftest import CLICKSTREAM, require_tool
+from tests.stream_process import kill_group, stream_command
+from tests.stream_process import start as start_stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -80,38 +83,15 @@ def dashboard_url(tmp_path):
 def stream_job(tmp_path):
     """Start `clickstream stream` on demand; stopped (SIGTERM, as Ctrl-C) at the end."""
     procs = []
-    log = open(tmp_path / "stream.log", "w+")  # noqa: SIM115 - closed below
+    log = tmp_path / "stream.log"
 
     def start(topic: str, bootstrap: str, store_url: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [
-                CLICKSTREAM,
-                "stream",
-                "--topic",
-                topic,
-                "--bootstrap-servers",
-                bootstrap,
-                "--store",
-                store_url,
-                "--checkpoint",
-                str(tmp_path / "checkpoint"),
-                "--trigger",
-                "1 second",
-                "--alerts-topic",
-                "",
-                "--quarantine-topic",
-                "",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(proc)
-        return proc
+        cmd = stream_command(topic, bootstrap, store_url, tmp_path / "checkpoint")
+        procs.append(start_stream(cmd, log))
+        return procs[-1]
 
     def output() -> str:
-        log.flush()
-        log.seek(0)
-        return log.read()[-3000:]
+        return log.read_text()[-3000:] if log.exists() else ""
 
     start.output = output
     yield start
@@ -120,8 +100,7 @@ def stream_job(tmp_path):
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
-    log.close()
+            kill_group(proc, signal.SIGKILL)
 
 
 @pytest.fixture
