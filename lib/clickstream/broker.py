@@ -76,6 +76,23 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def read_json(path: Path) -> dict:
+    """A state file (meta.json and the like) as a dict; empty if missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def kafka_pid(pid_file: Path) -> int | None:
+    """The pid in `pid_file` if that process is alive and is a Kafka broker, else None."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) and "kafka.Kafka" in _cmdline(pid) else None
+
+
 def who_listens(port: int) -> str:
     """A short description of the process listening on `port`, when the OS tells us."""
     try:
@@ -125,19 +142,10 @@ class LocalBroker:
 
     # -- state -----------------------------------------------------------------------------
     def meta(self) -> dict:
-        try:
-            return json.loads(self.meta_file.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.meta_file)
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        if _pid_alive(pid) and "kafka.Kafka" in _cmdline(pid):
-            return pid
-        return None
+        return kafka_pid(self.pid_file)
 
     def is_running(self) -> bool:
         return self.pid() is not None

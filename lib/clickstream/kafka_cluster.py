@@ -17,10 +17,10 @@ from clickstream.broker import (
     LOG4J_CONFIG,
     START_TIMEOUT_S,
     BrokerStatus,
-    _cmdline,
-    _pid_alive,
     cluster_id,
     free_port,
+    kafka_pid,
+    read_json,
     wait_for_broker,
 )
 from clickstream.config import Settings, get_settings
@@ -39,20 +39,13 @@ class LocalKafkaCluster:
 
     # -- state ---------------------------------------------------------------------------------
     def meta(self) -> dict:
-        try:
-            return json.loads(self.meta_file.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.meta_file)
 
     def node_dir(self, node_id: int) -> Path:
         return self.dir / f"node-{node_id}"
 
     def node_pid(self, node_id: int) -> int | None:
-        try:
-            pid = int((self.node_dir(node_id) / "broker.pid").read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if _pid_alive(pid) and "kafka.Kafka" in _cmdline(pid) else None
+        return kafka_pid(self.node_dir(node_id) / "broker.pid")
 
     def nodes(self) -> list[dict]:
         return self.meta().get("nodes", [])
