@@ -7,6 +7,9 @@
 - Plotly figures and widget state are left out of the comparison: each chart in the
   notebooks prints a text summary next to it, and that is checked instead.
 - The sanitize file given in pyproject.toml is found from any working directory.
+- The solutions are not collected by a plain `pytest` (CI executes each of them with papermill,
+  where a wrong answer raises); name them to check their stored outputs too:
+  `pytest notebooks/solutions/` or `pytest notebooks/solutions/01_kafka_fundamentals_solutions.ipynb`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from clickstream.course import end_test_session, isolate_test_session
 
+SOLUTIONS = Path(__file__).resolve().parent / "solutions"
 SKIP_COMPARE = (
     "application/vnd.plotly.v1+json",
     "application/vnd.jupyter.widget-view+json",
@@ -33,6 +37,16 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     end_test_session()
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.suffix != ".ipynb" or SOLUTIONS not in collection_path.parents:
+        return None
+    for arg in config.args:
+        asked = Path(arg.split("::")[0]).resolve()
+        if asked == SOLUTIONS or SOLUTIONS in asked.parents:
+            return None  # named on the command line: check them
+    return True
 
 
 def pytest_collectstart(collector):

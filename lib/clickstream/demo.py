@@ -19,6 +19,7 @@ into alerts, a few late events, duplicates and malformed records.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -100,15 +101,25 @@ class _Child:
                 f"ends with:\n{_tail(self.log)}"
             )
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:
+        """Ask it to stop; after `timeout` s kill its whole process group (Spark's JVM too)."""
+        started = time.monotonic()
+        how = "stopped"
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+                how = f"did not stop within {timeout:.0f} s: killed"
         self._log.close()
+        return f"{how} ({time.monotonic() - started:.1f} s)"
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _wait_healthy(url: str, child: _Child, timeout: float = 90.0) -> None:
@@ -197,6 +208,11 @@ def run_demo(
     reset_topics(DEMO_TOPIC, alerts_topic, quarantine_topic, bootstrap=bootstrap)
     echo(f"Fresh topics {DEMO_TOPIC}, {alerts_topic}, {quarantine_topic} at {bootstrap}.")
 
+    # Ctrl-C and SIGTERM (`kill`, a closing terminal) both stop the demo cleanly, even when the
+    # shell that started it ignores SIGINT (background jobs inherit an ignored SIGINT).
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     children: list[_Child] = []
     stop = threading.Event()
     box: dict = {}
@@ -312,8 +328,13 @@ def run_demo(
         status = _status(paths.store_url) or status
         for child in reversed(children):
             # SIGINT is the job's Ctrl-C: it finishes the running micro-batch and exits.
-            child.stop(signal.SIGINT if child.name == "streaming job" else signal.SIGTERM)
-            echo(f"  {child.name} stopped")
+            if child.name == "streaming job":
+                how = child.stop(signal.SIGINT, timeout=60)
+            else:
+                how = child.stop(signal.SIGTERM, timeout=15)
+            echo(f"  {child.name} {how}")
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
         if started_broker:
             broker.down(echo=lambda m: echo(f"  {m}"))
         else:

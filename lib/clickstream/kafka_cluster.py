@@ -8,7 +8,10 @@ acknowledged event. `stop_node(n)` / `start_node(n)` take one node down and back
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +20,7 @@ from clickstream.broker import (
     LOG4J_CONFIG,
     START_TIMEOUT_S,
     BrokerStatus,
+    _pid_alive,
     cluster_id,
     free_port,
     kafka_pid,
@@ -27,6 +31,15 @@ from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerError, BrokerNotReachable
 from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
 from clickstream.java import check_java_for_kafka
+
+
+def _reap(pid: int) -> bool:
+    """True while `pid` is alive (a child of ours that exited is reaped here)."""
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return _pid_alive(pid)
 
 
 class LocalKafkaCluster:
@@ -126,23 +139,41 @@ class LocalKafkaCluster:
         wait_for_broker(f"127.0.0.1:{port}", timeout_s=START_TIMEOUT_S)
         echo(f"Node {node_id} started again.")
 
-    def down(self, purge: bool = False, echo=print) -> bool:
-        from clickstream.broker import LocalBroker
+    def down(self, purge: bool = False, echo=print, hard: bool = False) -> bool:
+        """Stop every node: all at once (SIGTERM, then SIGKILL after 30 s), or `hard` (SIGKILL).
 
-        stopped = []
-        for node in self.nodes():
-            pid = self.node_pid(node["node_id"])
-            if pid:
-                LocalBroker._kill(None, pid)
-                stopped.append(node["node_id"])
-        if stopped:
-            echo(f"Kafka cluster stopped (nodes {', '.join(map(str, stopped))}).")
+        Stopped one by one, each node's controlled shutdown would wait for the ones still up,
+        and the last would wait for a controller quorum that is gone.
+        """
+        pids = {n["node_id"]: self.node_pid(n["node_id"]) for n in self.nodes()}
+        pids = {node: pid for node, pid in pids.items() if pid}
+        for sig, wait_s in (
+            ((signal.SIGKILL, 10),)
+            if hard
+            else (
+                (signal.SIGTERM, 30),
+                (signal.SIGKILL, 10),
+            )
+        ):
+            for pid in pids.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and any(_reap(p) for p in pids.values()):
+                time.sleep(0.1)
+            if not any(_reap(p) for p in pids.values()):
+                break
+        alive = [node for node, pid in pids.items() if _reap(pid)]
+        if alive:
+            raise BrokerError(f"Could not stop Kafka cluster nodes {alive}.")
+        if pids:
+            echo(f"Kafka cluster stopped (nodes {', '.join(map(str, sorted(pids)))}).")
         if purge and self.dir.exists():
             import shutil
 
             shutil.rmtree(self.dir, ignore_errors=True)
             echo(f"Cluster data deleted ({self.dir}).")
-        return bool(stopped)
+        return bool(pids)
 
     def status(self, with_topics: bool = True) -> BrokerStatus:
         running = self.running_nodes()

@@ -21,7 +21,7 @@ def kafka_cluster(tmp_path, monkeypatch):
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     cluster = LocalKafkaCluster(get_settings(state_dir=tmp_path / "state"))
     yield cluster
-    cluster.down(purge=True, echo=lambda m: None)
+    cluster.down(purge=True, hard=True, echo=lambda m: None)  # data deleted anyway
 
 
 def test_losing_one_of_three_brokers_loses_no_acknowledged_event(kafka_cluster):

@@ -74,6 +74,8 @@ def test_a_crash_inside_the_commit_applies_nothing(postgres_store_url, monkeypat
 def test_rows_lost_on_the_way_to_staging_fail_the_batch(postgres_store_url, monkeypatch):
     real = PostgresStore._stage_with_sql
     monkeypatch.setattr(PostgresStore, "_stage_with_sql", lambda self, rows: real(self, rows[:-1]))
+    # The SQL path even when an earlier test left a Spark session running in this process.
+    monkeypatch.setattr("clickstream.serving_postgres.active_spark", lambda: None)
     with open_store(postgres_store_url) as store:
         with pytest.raises(StoreError, match="3 of its 4 rows reached the staging table"):
             store.write_batch("stream", 0, ROWS)
