@@ -49,6 +49,7 @@ class LocalKafkaCluster:
         self.settings = settings or get_settings()
         self.dir = self.settings.state_dir / "kafka-cluster"
         self.meta_file = self.dir / "meta.json"
+        self._procs: dict[int, subprocess.Popen] = {}
 
     # -- state ---------------------------------------------------------------------------------
     def meta(self) -> dict:
@@ -274,20 +275,34 @@ class LocalKafkaCluster:
         )
         log.close()
         (d / "broker.pid").write_text(str(proc.pid))
+        self._procs[node_id] = proc
+
+    def _starting_or_running(self, node: dict) -> bool:
+        """A node started by this object is judged by its process; others by their pid file."""
+        proc = self._procs.get(node["node_id"])
+        if proc is not None:
+            return proc.poll() is None
+        return self.node_pid(node["node_id"]) is not None
 
     def _wait_for_all(self, brokers: int) -> None:
         from kafka import KafkaAdminClient
 
         deadline = time.monotonic() + START_TIMEOUT_S
         last = ""
+        retried: dict[int, bool] = {}
         while time.monotonic() < deadline:
-            dead = [n["node_id"] for n in self.nodes() if not self.node_pid(n["node_id"])]
-            if dead:
-                tail = (self.node_dir(dead[0]) / "broker.log").read_text(errors="replace")
-                raise BrokerError(
-                    f"Node {dead[0]} exited; its log is {self.node_dir(dead[0]) / 'broker.log'}; "
-                    "last lines:\n" + "\n".join(tail.splitlines()[-15:])
-                )
+            dead = [n["node_id"] for n in self.nodes() if not self._starting_or_running(n)]
+            for node_id in dead:
+                code = self._procs[node_id].returncode if node_id in self._procs else None
+                if retried.get(node_id):
+                    tail = (self.node_dir(node_id) / "broker.log").read_text(errors="replace")
+                    raise BrokerError(
+                        f"Node {node_id} exited (exit status {code}); its log is "
+                        f"{self.node_dir(node_id) / 'broker.log'}; last lines:\n"
+                        + "\n".join(tail.splitlines()[-15:])
+                    )
+                retried[node_id] = True  # once: a node that dies at birth gets a second start
+                self._start(node_id)
             try:
                 wait_for_broker(self.bootstrap_servers, timeout_s=5)
                 admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
