@@ -36,7 +36,7 @@ demo: setup ## the whole pipeline live: broker, producer, streaming job, dashboa
 	$(BIN)/clickstream demo
 
 lab: setup ## JupyterLab on the course notebooks
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 execute: setup ## run the whole course headless with papermill into build/executed
 	$(BIN)/clickstream course execute
