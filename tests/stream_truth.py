@@ -192,8 +192,13 @@ def expected_store(
     records: list[tuple[bytes | None, bytes]],
     params: Params,
     detector: anomaly.DetectorConfig | None = None,
+    paths_at_session_end: bool = False,
 ) -> Truth:
-    """Every metric the job must have written after reading `records`, sorted as reads are."""
+    """Every metric the job must have written after reading `records`, sorted as reads are.
+
+    Paths are counted once the watermark passes each later step, or, with
+    `paths_at_session_end`, once it passes the end of the step's session (Spark's session
+    windows in append mode)."""
     size = params.window_s * US
     slide = (params.slide_s or params.window_s) * US
     gap = params.gap_s * US
@@ -274,17 +279,19 @@ def expected_store(
     sessions, paths = [], Counter()
     for (user, sid), items in by_session.items():
         items.sort(key=lambda x: (x[0], x[1]))
-        run = [items[0]]
+        runs = [[items[0]]]
         for prev, cur in zip(items, items[1:], strict=False):
             if cur[0] - prev[0] < gap:
-                run.append(cur)
-                if cur[0] < final_wm:
+                runs[-1].append(cur)
+            else:
+                runs.append([cur])
+        for run in runs:
+            sessions.append((user, sid, run))
+            closed = run[-1][0] + gap <= final_wm
+            for prev, cur in zip(run, run[1:], strict=False):
+                if closed if paths_at_session_end else cur[0] < final_wm:
                     for s in windows_of(cur[0], size, slide):
                         paths[(s, step_of(prev[2]), step_of(cur[2]))] += 1
-            else:
-                sessions.append((user, sid, run))
-                run = [cur]
-        sessions.append((user, sid, run))
     rows["sessions"] = sorted(
         (
             {

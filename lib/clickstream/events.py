@@ -84,6 +84,14 @@ _EVENT_TIME_CORE = (
 EVENT_TIME_REGEX = f"^{_EVENT_TIME_CORE}$"
 _EVENT_TIME_RE = re.compile(_EVENT_TIME_CORE)
 
+# The range of event times the streaming job accepts (`event_time_range_reason`): a record
+# dated before 2000 or more than a day ahead of the job's clock is a broken clock, not an event,
+# and would otherwise move the watermark (or hold windows open) for everybody.
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+DEFAULT_MAX_AHEAD = timedelta(days=1)
+TOO_EARLY = f"{BAD_EVENT_TIME}:before_2000"
+TOO_FAR_AHEAD = f"{BAD_EVENT_TIME}:ahead_of_clock"
+
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1  # Spark IntegerType would turn larger values to null
 _DETAIL_MAX = 40  # keep reasons short even when the offending value is huge
 _EVENT_TYPE_SET = frozenset(EVENT_TYPES)
@@ -113,8 +121,9 @@ def parse_event_time(value: str) -> datetime:
 
 def _offset(zone: str) -> timezone:
     hours, minutes = int(zone[1:3]), int(zone[4:6])
-    if minutes > 59:
-        raise ValueError("offset minutes out of range")
+    # ISO-8601 offsets as Java (and so Spark) accept them: at most 18 hours.
+    if minutes > 59 or hours * 60 + minutes > 18 * 60:
+        raise ValueError("offset out of range (at most +/-18:00)")
     delta = timedelta(hours=hours, minutes=minutes)
     return timezone(-delta if zone[0] == "-" else delta)
 
@@ -157,6 +166,17 @@ def validate(record: Any) -> str | None:
         parse_event_time(record["event_time"])
     except ValueError:
         return BAD_EVENT_TIME
+    return None
+
+
+def event_time_range_reason(
+    event_time: datetime, now: datetime, max_ahead: timedelta = DEFAULT_MAX_AHEAD
+) -> str | None:
+    """None if a valid event time is within the job's sane range, else its quarantine reason."""
+    if event_time < EARLIEST_EVENT_TIME:
+        return TOO_EARLY
+    if event_time > now + max_ahead:
+        return TOO_FAR_AHEAD
     return None
 
 

@@ -268,3 +268,540 @@ def transitions(
         .count()
         .select(*_bounds(), "from_page", "to_page", "count")
     )
+
+
+# -- the streaming job's query, step by step -------------------------------------------------
+# `clickstream stream` is assembled from these functions (see `clickstream.stream.build_query`):
+#
+#   read_kafka -> contract_checked -> with_watermark -> unique_events -> metric_facts
+#              -> window_metrics                (one query, update mode: every windowed metric,
+#                                                quarantine counts and totals)
+#   read_kafka -> contract_checked -> with_watermark -> session_metrics
+#                                               (a second query, append mode: sessions, paths)
+#
+# Every step runs on the executors; the driver only receives the aggregated rows.
+
+# Reason -> None for a valid record. The JSON is parsed once into a VARIANT rather than with
+# `from_json` on the contract's schema: from_json turns a number into a string field's text
+# ("event_id": 1 would become "1"), so it cannot tell a wrongly typed field from a good one.
+# The VARIANT keeps each value's JSON type, so the checks below are exactly `events.validate`.
+_INT_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
+_SQL_TYPES = {str: "string", float: "double", int: "bigint"}
+QUARANTINE_REASON = "reason"  # the column contract_checked adds: null when the record is valid
+
+
+def _type_ok(field, type_name: Column, value: Column) -> Column:
+    if field.type is str:
+        return type_name == "STRING"
+    if field.type is float:
+        finite = ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
+        return (
+            type_name.isin(*_INT_TYPES)
+            | type_name.startswith("DECIMAL")
+            | ((type_name == "DOUBLE") & finite)
+        )
+    return type_name.isin(*_INT_TYPES) & value.between(-(2**31), 2**31 - 1)
+
+
+def contract_checked(
+    raw: DataFrame,
+    max_ahead: str = "1 day",
+    not_before: str = "2000-01-01 00:00:00",
+) -> DataFrame:
+    """Kafka records -> the contract's columns, `event_ts`, and `reason`: null for a valid event,
+    else why it is quarantined, with the reason codes of `events.validate`. Event times before
+    `not_before` or more than `max_ahead` past the batch's clock are `bad_event_time:...` too.
+
+    Keeps `partition`, `offset` and the raw `value` (as text) for the quarantine topic.
+    """
+    from clickstream import events
+
+    text = F.col("value").cast("string")
+    doc = F.try_parse_json(text)
+    staged = raw.select(
+        "partition",
+        "offset",
+        text.alias("_text"),
+        F.col("value").isNull().alias("_null"),
+        doc.alias("_v"),
+    )
+    typed, checks = [], []
+    for f in events.FIELDS:
+        path = f"$.{f.name}"
+        type_name = F.schema_of_variant(F.try_variant_get("_v", path, "variant"))
+        value = F.try_variant_get("_v", path, _SQL_TYPES[f.type])
+        absent = type_name.isNull() | (type_name == "VOID")
+        if f.required and f.type is str:
+            absent = absent | (value == "")
+        ok = _type_ok(f, type_name, value)
+        spark_value = value.cast("int") if f.type is int else value
+        typed.append(F.when(~absent & ok, spark_value).alias(f.name))
+        if f.required:
+            checks.append((absent, f"{events.MISSING_FIELD}:{f.name}"))
+        checks.append((~absent & ~ok, f"{events.WRONG_TYPE}:{f.name}"))
+    valid_time = F.col("event_time").rlike(events.EVENT_TIME_REGEX)
+    parsed = staged.select(
+        "partition",
+        "offset",
+        "_text",
+        "_null",
+        "_v",
+        *typed,
+        *[F.coalesce(cond, F.lit(False)).alias(f"_c{i}") for i, (cond, _) in enumerate(checks)],
+    ).withColumn("event_ts", F.when(valid_time, F.try_to_timestamp("event_time")))
+    reason = F.when(~F.is_valid_utf8("_text") & ~F.col("_null"), events.NOT_UTF8).when(
+        F.col("_v").isNull(), events.NOT_JSON
+    )
+    reason = reason.when(~F.schema_of_variant("_v").startswith("OBJECT"), events.NOT_OBJECT)
+    for i, (_, code) in enumerate(checks):
+        reason = reason.when(F.col(f"_c{i}"), code)
+    reason = (
+        reason.when(
+            ~F.col("event_type").isin(*events.EVENT_TYPES),
+            F.concat(F.lit(f"{events.UNKNOWN_EVENT_TYPE}:"), F.substring("event_type", 1, 40)),
+        )
+        .when(F.col("event_ts").isNull(), events.BAD_EVENT_TIME)
+        .when(F.col("event_ts") < F.to_timestamp(F.lit(not_before)), events.TOO_EARLY)
+        .when(
+            F.col("event_ts") > F.current_timestamp() + F.expr(f"interval {max_ahead}"),
+            events.TOO_FAR_AHEAD,
+        )
+    )
+    out = [F.col(f.name) for f in events.FIELDS]
+    return parsed.select(
+        *out,
+        F.when(reason.isNull(), F.col("event_ts")).alias("event_ts"),
+        reason.alias(QUARANTINE_REASON),
+        "partition",
+        "offset",
+        F.col("_text").alias("raw"),
+    )
+
+
+def with_watermark(checked: DataFrame, delay: str = "2 minutes") -> DataFrame:
+    """The event-time watermark: Spark tracks the largest `event_ts` seen and drops, in the
+    stateful steps after this one, what is more than `delay` older. Quarantined rows (no
+    event time) pass through it without moving it."""
+    return checked.withWatermark("event_ts", delay)
+
+
+def unique_events(events: DataFrame) -> DataFrame:
+    """Each event_id once (`dropDuplicatesWithinWatermark`): Spark keeps each id in its state
+    store until the watermark passes its event time plus the delay. Quarantined rows have no
+    event_id of their own; they get one from their Kafka position, so they all pass."""
+    keyed = events.withColumn(
+        "event_id",
+        F.coalesce(
+            F.when(F.col(QUARANTINE_REASON).isNull(), F.col("event_id")),
+            F.concat_ws(":", F.lit("\u0000quarantine"), "partition", "offset"),
+        ),
+    )
+    return keyed.dropDuplicatesWithinWatermark(["event_id"])
+
+
+WATERMARK_DELAY_KEY = "spark.watermarkDelayMs"  # how Spark marks a column as event time
+
+
+def _seconds(text: str) -> int:
+    from clickstream.stream import duration_us
+
+    return duration_us(text) // 1_000_000
+
+
+def window_of(
+    events: DataFrame, window: str = "1 minute", slide: str | None = None, delay: str = "2 minutes"
+) -> DataFrame:
+    """Add `window` (start, end): each event's event-time window(s), one row per window, as
+    `F.window` computes them. Rows without an event time (quarantined) keep a null window
+    instead of being filtered out, so the totals and quarantine counts can share the same
+    aggregation; the window column carries the watermark's event-time mark, so Spark evicts a
+    window from its state once the watermark passes its end."""
+    size = _seconds(window)
+    step = _seconds(slide) if slide else size
+    seconds = F.unix_seconds("event_ts")
+    last = seconds - F.pmod(seconds, F.lit(step))
+    n = -(-size // step)
+    starts = F.filter(
+        F.transform(F.sequence(F.lit(0), F.lit(n - 1)), lambda k: last - k * step),
+        lambda s: s > seconds - size,
+    )
+    delay_ms = _seconds(delay) * 1000
+    exploded = events.select(
+        "*",
+        F.posexplode_outer(F.when(F.col("event_ts").isNotNull(), starts)).alias(
+            "window_pos", "_start"
+        ),
+    )
+    win = F.when(
+        F.col("_start").isNotNull(),
+        F.struct(
+            F.timestamp_seconds("_start").alias("start"),
+            F.timestamp_seconds(F.col("_start") + size).alias("end"),
+        ),
+    )
+    return exploded.select("*", win.alias("window", metadata={WATERMARK_DELAY_KEY: delay_ms})).drop(
+        "_start"
+    )
+
+
+def category_of(categories: dict[str, str]) -> Column:
+    """The event's category: its product's (from the catalogue), else the category of a
+    /category/... page, else "-"."""
+    pairs = []
+    for product, category in sorted(categories.items()):
+        pairs += [F.lit(product), F.lit(category)]
+    catalogue = F.create_map(*pairs) if pairs else F.create_map().cast("map<string,string>")
+    from_page = F.when(
+        F.col("page").startswith("/category/"),
+        F.nullif(F.substring_index(F.col("page"), "/category/", -1), F.lit("")),
+    )
+    return F.when(
+        F.col("product_id").isNotNull(), F.coalesce(catalogue[F.col("product_id")], F.lit(MISSING))
+    ).otherwise(F.coalesce(from_page, F.lit(MISSING)))
+
+
+FUNNEL_CODE = {"page_view": 0, "add_to_cart": 1, "purchase": 2}
+_FACT_FIELDS = (
+    ("metric", "string"),
+    ("k1", "string"),
+    ("k2", "string"),
+    ("k3", "string"),
+    ("views", "int"),
+    ("carts", "int"),
+    ("purchases", "int"),
+    ("cents", "bigint"),
+    ("is_error", "int"),
+    ("user", "string"),
+)
+
+
+def _fact(**values) -> Column:
+    return F.struct(
+        *[
+            (values[name] if name in values else F.lit(None)).cast(kind).alias(name)
+            for name, kind in _FACT_FIELDS
+        ]
+    )
+
+
+def metric_facts(
+    events: DataFrame,
+    categories: dict[str, str],
+    window: str = "1 minute",
+    slide: str | None = None,
+    delay: str = "2 minutes",
+) -> DataFrame:
+    """One row per (event, window, metric) the event counts in, ready for one `groupBy`:
+    `traffic` (k1 event type), `segments` (country, device, category), `products` (product id,
+    category, views/carts/purchases/cents), `window` (errors, user, funnel step); and, with a
+    null window, `quarantine` (k1 reason) and `totals` (events, quarantined)."""
+    kind = F.col("event_type")
+    product = F.col("product_id")
+    valid = F.col(QUARANTINE_REASON).isNull()
+    category = category_of(categories)
+    is_product_event = product.isNotNull() & kind.isin("page_view", "add_to_cart", "purchase")
+    cents = F.when(kind == "purchase", F.round(F.coalesce("price", F.lit(0.0)) * 100))
+    code = (
+        F.when(kind == "page_view", F.when(product.isNotNull(), 0))
+        .when(kind == "add_to_cart", 1)
+        .when(kind == "purchase", 2)
+    )
+    step = F.when(
+        code.isNotNull(),
+        F.struct(
+            F.col("user_id").alias("u"),
+            F.col("session_id").alias("s"),
+            F.unix_micros("event_ts").alias("t"),
+            F.col("event_id").alias("id"),
+            code.alias("code"),
+        ),
+    )
+    windowed = window_of(events, window, slide, delay)
+    facts = F.array(
+        F.when(valid, _fact(metric=F.lit("traffic"), k1=kind)),
+        F.when(
+            valid,
+            _fact(
+                metric=F.lit("segments"),
+                k1=F.coalesce("country", F.lit(MISSING)),
+                k2=F.coalesce("device", F.lit(MISSING)),
+                k3=category,
+            ),
+        ),
+        F.when(
+            valid & is_product_event,
+            _fact(
+                metric=F.lit("products"),
+                k1=product,
+                k2=category,
+                views=(kind == "page_view").cast("int"),
+                carts=(kind == "add_to_cart").cast("int"),
+                purchases=(kind == "purchase").cast("int"),
+                cents=cents,
+            ),
+        ),
+        F.when(
+            valid,
+            _fact(
+                metric=F.lit("window"),
+                is_error=(kind == "error").cast("int"),
+                user=F.col("user_id"),
+            ),
+        ),
+        F.when(~valid, _fact(metric=F.lit("quarantine"), k1=F.col(QUARANTINE_REASON))),
+        # Totals over the whole stream (a null window: never evicted), once per event.
+        F.when(
+            valid & (F.col("window_pos") == 0), _fact(metric=F.lit("totals"), k1=F.lit("events"))
+        ),
+        F.when(~valid, _fact(metric=F.lit("totals"), k1=F.lit("quarantined"))),
+    )
+    exploded = windowed.select(
+        "window",
+        F.explode(F.filter(facts, lambda f: f.isNotNull())).alias("f"),
+        F.when(valid, step).alias("step"),
+    )
+    windowless = F.col("f.metric").isin("quarantine", "totals")
+    return exploded.select(
+        F.when(~windowless, F.col("window")).alias(
+            "window", metadata={WATERMARK_DELAY_KEY: _seconds(delay) * 1000}
+        ),
+        "f.*",
+        "step",
+    )
+
+
+def window_metrics(facts: DataFrame) -> DataFrame:
+    """Every windowed metric in one stateful aggregation (update mode writes each changed key
+    with its absolute value). Per key: count, the product sums, errors, and for the `window`
+    metric the exact distinct users and the funnel (from each session's steps, in time order)."""
+    grouped = facts.groupBy("window", "metric", "k1", "k2", "k3").agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum("views").alias("views"),
+        F.sum("carts").alias("carts"),
+        F.sum("purchases").alias("purchases"),
+        F.coalesce(F.sum("cents"), F.lit(0)).alias("cents"),
+        F.sum("is_error").alias("errors"),
+        F.collect_set("user").alias("users"),
+        F.collect_list(F.when(F.col("metric") == "window", F.col("step"))).alias("steps"),
+    )
+    return grouped.select(
+        F.col("window.start").alias("window_start"),
+        F.col("window.end").alias("window_end"),
+        "metric",
+        "k1",
+        "k2",
+        "k3",
+        "n",
+        "views",
+        "carts",
+        "purchases",
+        "cents",
+        "errors",
+        F.size("users").alias("users"),
+        *funnel_counts(F.col("steps")),
+    )
+
+
+def funnel_counts(steps: Column) -> list[Column]:
+    """viewed, carted, purchased: sessions whose steps (user, session, time, id, code) hold a
+    product view, then an add-to-cart, then a purchase, in (time, id) order."""
+    start = F.struct(
+        F.lit("").alias("u"),
+        F.lit("").alias("s"),
+        F.lit(0).alias("stage"),
+        F.lit(0).alias("viewed"),
+        F.lit(0).alias("carted"),
+        F.lit(0).alias("purchased"),
+    )
+
+    def advance(acc, x):
+        same = (x.u == acc.u) & (x.s == acc.s)
+        stage = F.when(same, acc.stage).otherwise(F.lit(0))
+        moves = x.code == stage
+        new = stage + moves.cast("int")
+        return F.struct(
+            x.u.alias("u"),
+            x.s.alias("s"),
+            new.alias("stage"),
+            (acc.viewed + (moves & (new == 1)).cast("int")).alias("viewed"),
+            (acc.carted + (moves & (new == 2)).cast("int")).alias("carted"),
+            (acc.purchased + (moves & (new == 3)).cast("int")).alias("purchased"),
+        )
+
+    folded = F.aggregate(F.array_sort(steps), start, advance)
+    return [
+        folded.viewed.alias("viewed"),
+        folded.carted.alias("carted"),
+        folded.purchased.alias("purchased"),
+    ]
+
+
+def session_metrics(
+    events: DataFrame,
+    gap: str = "30 minutes",
+    window: str = "1 minute",
+    slide: str | None = None,
+) -> DataFrame:
+    """Sessions and page paths, final once the watermark passes a session's end (append mode).
+
+    `F.session_window` per (user_id, session_id) collects the session's distinct steps (so a
+    repeated event counts once); each session comes out as one `session` row (start, end =
+    last event + gap, events, duration) and its transitions between consecutive steps, in
+    (time, id) order, as `path` rows in the window(s) of the later step."""
+    valid = events.where(F.col(QUARANTINE_REASON).isNull())
+    step = F.struct(
+        F.unix_micros("event_ts").alias("t"),
+        F.col("event_id").alias("id"),
+        page_kind().alias("kind"),
+    )
+    sessions = valid.groupBy("user_id", "session_id", F.session_window("event_ts", gap)).agg(
+        F.array_sort(F.collect_set(step)).alias("steps")
+    )
+    gap_us = _seconds(gap) * 1_000_000
+    size = _seconds(window) * 1_000_000
+    every = (_seconds(slide) if slide else _seconds(window)) * 1_000_000
+    n = -(-size // every)
+    first, last = F.col("steps")[0]["t"], F.element_at("steps", -1)["t"]
+    transitions = F.transform(
+        F.arrays_zip(
+            F.expr("slice(steps, 1, size(steps) - 1)"), F.expr("slice(steps, 2, size(steps))")
+        ),
+        lambda p: F.struct(
+            p["0"]["kind"].alias("from_page"),
+            p["1"]["kind"].alias("to_page"),
+            p["1"]["t"].alias("t"),
+        ),
+    )
+    session_row = F.struct(
+        F.lit("session").alias("metric"),
+        F.timestamp_micros(first).alias("window_start"),
+        F.timestamp_micros(last + gap_us).alias("window_end"),
+        F.col("user_id").alias("k1"),
+        F.col("session_id").alias("k2"),
+        F.size("steps").cast("long").alias("n"),
+        (last - first).alias("duration_us"),
+    )
+
+    def path_rows(tr):
+        t = tr["t"]
+        lastw = t - F.pmod(t, F.lit(every))
+        starts = F.filter(
+            F.transform(F.sequence(F.lit(0), F.lit(n - 1)), lambda k: lastw - k * every),
+            lambda s: s > t - size,
+        )
+        return F.transform(
+            starts,
+            lambda s: F.struct(
+                F.lit("path").alias("metric"),
+                F.timestamp_micros(s).alias("window_start"),
+                F.timestamp_micros(s + size).alias("window_end"),
+                tr["from_page"].alias("k1"),
+                tr["to_page"].alias("k2"),
+                F.lit(1).cast("long").alias("n"),
+                F.lit(None).cast("long").alias("duration_us"),
+            ),
+        )
+
+    rows = F.concat(F.array(session_row), F.flatten(F.transform(transitions, path_rows)))
+    return sessions.select(F.explode(rows).alias("r")).select("r.*")
+
+
+# -- aggregated rows -> serving-store rows ---------------------------------------------------
+def _iso(ts) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def window_metric_rows(rows) -> tuple[dict[str, list[dict]], dict[str, int]]:
+    """Rows of `window_metrics` (Spark Rows or dicts) -> (store rows per metric, totals)."""
+    out: dict[str, list[dict]] = {
+        name: [] for name in ("traffic", "segments", "products", "active_users", "funnel", "errors")
+    }
+    out["quarantine"] = []
+    totals: dict[str, int] = {}
+    for row in rows:
+        r = row.asDict() if hasattr(row, "asDict") else row
+        metric = r["metric"]
+        if metric == "quarantine":
+            out["quarantine"].append({"reason": r["k1"], "count": r["n"]})
+            continue
+        if metric == "totals":
+            totals[r["k1"]] = r["n"]
+            continue
+        bounds = {"window_start": _iso(r["window_start"]), "window_end": _iso(r["window_end"])}
+        if metric == "traffic":
+            out["traffic"].append({**bounds, "event_type": r["k1"], "count": r["n"]})
+        elif metric == "segments":
+            out["segments"].append(
+                {
+                    **bounds,
+                    "country": r["k1"],
+                    "device": r["k2"],
+                    "category": r["k3"],
+                    "count": r["n"],
+                }
+            )
+        elif metric == "products":
+            out["products"].append(
+                {
+                    **bounds,
+                    "product_id": r["k1"],
+                    "category": r["k2"],
+                    "views": r["views"],
+                    "carts": r["carts"],
+                    "purchases": r["purchases"],
+                    "revenue": r["cents"] / 100,
+                }
+            )
+        elif metric == "window":
+            out["active_users"].append({**bounds, "users": r["users"]})
+            out["funnel"].append(
+                {
+                    **bounds,
+                    "viewed": r["viewed"],
+                    "carted": r["carted"],
+                    "purchased": r["purchased"],
+                }
+            )
+            out["errors"].append(
+                {
+                    **bounds,
+                    "events": r["n"],
+                    "errors": r["errors"],
+                    "error_rate": r["errors"] / r["n"],
+                }
+            )
+    return out, totals
+
+
+def session_metric_rows(rows) -> tuple[list[dict], dict[tuple, int]]:
+    """Rows of `session_metrics` -> (session rows, path counts {(start, end, from, to): n})."""
+    sessions, paths = [], {}
+    for row in rows:
+        r = row.asDict() if hasattr(row, "asDict") else row
+        if r["metric"] == "session":
+            sessions.append(
+                {
+                    "window_start": _iso(r["window_start"]),
+                    "window_end": _iso(r["window_end"]),
+                    "user_id": r["k1"],
+                    "session_id": r["k2"],
+                    "duration_s": r["duration_us"] / 1e6,
+                    "events": r["n"],
+                }
+            )
+        else:
+            key = (_iso(r["window_start"]), _iso(r["window_end"]), r["k1"], r["k2"])
+            paths[key] = paths.get(key, 0) + r["n"]
+    return sessions, paths
+
+
+STATE_STORE_CONF = {
+    # Spark's state (windows, seen ids, sessions) in RocksDB, with changelog checkpointing: each
+    # micro-batch writes only the changes, and a restart replays them onto the last snapshot.
+    "spark.sql.streaming.stateStore.providerClass": (
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+    ),
+    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+    # JSON objects with a repeated key: the last value wins, as in Python's json module.
+    "spark.sql.variant.allowDuplicateKeys": "true",
+}

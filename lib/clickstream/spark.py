@@ -104,7 +104,9 @@ def get_spark(
             .config("spark.executor.cores", "1")
             .config("spark.pyspark.python", sys.executable)
         )
-    for key, value in (conf or {}).items():
+    from clickstream.pipeline import STATE_STORE_CONF
+
+    for key, value in {**STATE_STORE_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
