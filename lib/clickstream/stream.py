@@ -286,6 +286,7 @@ class Engine:
         spec: Spec,
         detector: DetectorConfig | None = None,
         categories: dict[str, str] | None = None,
+        max_ahead: timedelta = events.DEFAULT_MAX_AHEAD,
     ) -> None:
         self.spec = spec
         self.detector_config = detector or DetectorConfig()
@@ -294,10 +295,20 @@ class Engine:
 
             categories = {p.product_id: p.category for p in load_catalogue()}
         self.categories = categories
+        self.max_ahead = max_ahead
         self._iso: dict[int, str] = {}
 
-    def process(self, state: JobState, records: Iterable[tuple[int, int, Any]]) -> BatchResult:
-        """Apply one micro-batch of (partition, offset, raw value) in offset order."""
+    def process(
+        self,
+        state: JobState,
+        records: Iterable[tuple[int, int, Any]],
+        now: datetime | None = None,
+    ) -> BatchResult:
+        """Apply one micro-batch of (partition, offset, raw value) in offset order.
+
+        `now` is the batch's clock (Spark's batch timestamp, the same when a batch is replayed):
+        event times more than `max_ahead` past it, or before 2000, are quarantined."""
+        now = now or datetime.now(UTC)
         spec = self.spec
         wm = state.watermark(spec.delay_us)
         counters = state.counters
@@ -314,7 +325,15 @@ class Engine:
                 result.invalid += 1
                 result.quarantined.append((reason, partition, offset, value))
                 continue
-            t = to_us(events.parse_event_time(event["event_time"]))
+            when = events.parse_event_time(event["event_time"])
+            reason = events.event_time_range_reason(when, now, self.max_ahead)
+            if reason is not None:
+                state.quarantine[reason] = state.quarantine.get(reason, 0) + 1
+                reasons.add(reason)
+                result.invalid += 1
+                result.quarantined.append((reason, partition, offset, value))
+                continue
+            t = to_us(when)
             if batch_max is None or t > batch_max:
                 batch_max = t
             if wm is not None and t < wm:
@@ -703,6 +722,17 @@ def checkpoint_offsets(spark_dir: Path) -> tuple[int | None, dict, int | None]:
     return (planned[-1] if planned else None), offsets, (committed[-1] if committed else None)
 
 
+def batch_clock(spark_dir: Path, batch_id: int) -> datetime | None:
+    """The batch's timestamp as Spark recorded it in its offset log before running the batch,
+    so a replayed batch sees the same clock (None if the log cannot be read)."""
+    try:
+        lines = (spark_dir / "offsets" / str(batch_id)).read_text().splitlines()
+        millis = json.loads(lines[1])["batchTimestampMs"]
+    except (OSError, IndexError, ValueError, KeyError, TypeError):
+        return None
+    return datetime.fromtimestamp(millis / 1000, UTC)
+
+
 def batch_end_offsets(spark_dir: Path, batch_id: int, topic: str) -> dict[int, int] | None:
     """The Kafka offsets batch `batch_id` reads up to (Spark plans them before running it)."""
     try:
@@ -990,7 +1020,7 @@ class StreamJob:
             table.column("value").to_pylist(),
             strict=True,
         )
-        result = self.engine.process(state, records)
+        result = self.engine.process(state, records, batch_clock(self.spark_dir, batch_id))
         state.batch_id = batch_id
         self._publish(result)
         self.states.save(state)

@@ -226,3 +226,34 @@ def test_query_failures_are_explained():
     assert "did not answer" in message and "b:1" in message and "--reset" not in message
     ours = Exception("... clickstream.serving.StoreError: Redis at redis://h:1/0 is not reachable")
     assert "Redis at redis://h:1/0 is not reachable" in str(explain_failure(ours, config))
+
+
+def test_absurd_event_times_are_quarantined_and_never_move_the_watermark():
+    from datetime import UTC, datetime
+
+    from clickstream.simulator import Simulator
+
+    spec = Spec(10 * US, 10 * US, 30 * US, 30 * US)
+    engine = Engine(spec)
+    state = JobState()
+    sim = SimConfig(seed=5, count=200, rate=12.0)
+    values = [r.value for r in Simulator(sim).records()]
+    template = events.parse_value(values[0])[0]
+    for i, when in enumerate(
+        ("9999-12-31T23:59:30Z", "2099-01-01T00:00:00Z", "0001-01-01T00:00:00Z")
+    ):
+        values.insert(50 * i + 5, events.to_json_bytes({**template, "event_time": when}))
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    result = engine.process(state, [(0, i, v) for i, v in enumerate(values)], now)
+    assert result.invalid == 3 and result.accepted == sim.count
+    assert state.quarantine == {events.TOO_FAR_AHEAD: 2, events.TOO_EARLY: 1}
+    assert result.max_us < to_us(now)  # the watermark follows the real events only
+    # The clock is the batch's: 80 years on, the record dated 2099 is an event like any other.
+    later = engine.process(JobState(), [(0, 0, values[55])], datetime(2098, 12, 31, tzinfo=UTC))
+    assert later.invalid == 0 and later.accepted == 1
+
+
+def to_us(dt) -> int:
+    from clickstream.stream import to_us as convert
+
+    return convert(dt)
