@@ -545,6 +545,51 @@ def bench_produce(count, bootstrap_servers, seed, profile, as_json):
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
 
 
+@bench.command("stream")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1000),
+    default=1_000_000,
+    show_default=True,
+    help="Events to pre-load into a fresh topic.",
+)
+@click.option(
+    "--master",
+    default=None,
+    help="Spark master URL (default: SPARK_MASTER or local[2]), e.g. spark://127.0.0.1:7077.",
+)
+@click.option(
+    "--max-offsets-per-trigger",
+    type=click.IntRange(min=1),
+    default=200_000,
+    show_default=True,
+    help="Records per micro-batch.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench_stream(count, master, max_offsets_per_trigger, as_json):
+    """Events/s of the streaming job beside a bare Spark read + parse of the same topic."""
+    from clickstream.bench_stream import bench_stream as run
+
+    def echo(message: str) -> None:
+        click.echo(message, err=True)
+
+    try:
+        report = run(
+            get_settings(),
+            count=count,
+            master=master,
+            max_offsets_per_trigger=max_offsets_per_trigger,
+            echo=echo,
+        )
+    finally:
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            _quietly(active.stop)  # state stores close before the JVM exits
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
+
+
 # --- dashboard ---
 # `clickstream dashboard` (the Streamlit app in clickstream/dashboard.py; it reads only the
 # serving store) and `clickstream bench dashboard` (what one refresh of it costs).
