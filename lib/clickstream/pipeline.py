@@ -310,10 +310,13 @@ def contract_checked(
 ) -> DataFrame:
     """Kafka records -> the contract's columns, `event_ts`, and `reason`: null for a valid event,
     else why it is quarantined, with the reason codes of `events.validate`. Event times before
-    `not_before` or more than `max_ahead` past the batch's clock are `bad_event_time:...` too.
+    `not_before`, or more than `max_ahead` past the record's Kafka timestamp (when it was
+    produced), are `bad_event_time:...` too.
 
     Keeps `partition`, `offset` and the raw `value` (as text) for the quarantine topic.
     """
+    # The clock is the record's own Kafka timestamp rather than the batch's: the same on every
+    # replay, and a constant-free expression, so Spark compiles the plan once, not per batch.
     from clickstream import events
 
     text = F.col("value").cast("string")
@@ -321,6 +324,7 @@ def contract_checked(
     staged = raw.select(
         "partition",
         "offset",
+        F.col("timestamp").alias("_produced"),
         text.alias("_text"),
         F.col("value").isNull().alias("_null"),
         doc.alias("_v"),
@@ -343,6 +347,7 @@ def contract_checked(
     parsed = staged.select(
         "partition",
         "offset",
+        "_produced",
         "_text",
         "_null",
         "_v",
@@ -363,7 +368,7 @@ def contract_checked(
         .when(F.col("event_ts").isNull(), events.BAD_EVENT_TIME)
         .when(F.col("event_ts") < F.to_timestamp(F.lit(not_before)), events.TOO_EARLY)
         .when(
-            F.col("event_ts") > F.current_timestamp() + F.expr(f"interval {max_ahead}"),
+            F.col("event_ts") > F.col("_produced") + F.expr(f"interval {max_ahead}"),
             events.TOO_FAR_AHEAD,
         )
     )
@@ -559,6 +564,7 @@ def metric_facts(
         "window",
         F.explode(F.filter(facts, lambda f: f.isNotNull())).alias("f"),
         F.when(valid, step).alias("step"),
+        "event_ts",
     )
     windowless = F.col("f.metric").isin("quarantine", "totals")
     return exploded.select(
@@ -567,6 +573,7 @@ def metric_facts(
         ),
         "f.*",
         "step",
+        F.when(F.col("f.metric") == "totals", F.col("event_ts")).alias("latest"),
     )
 
 
@@ -583,6 +590,7 @@ def window_metrics(facts: DataFrame) -> DataFrame:
         F.sum("is_error").alias("errors"),
         F.collect_set("user").alias("users"),
         F.collect_list(F.when(F.col("metric") == "window", F.col("step"))).alias("steps"),
+        F.max("latest").alias("latest"),
     )
     return grouped.select(
         F.col("window.start").alias("window_start"),
@@ -599,6 +607,7 @@ def window_metrics(facts: DataFrame) -> DataFrame:
         "errors",
         F.size("users").alias("users"),
         *funnel_counts(F.col("steps")),
+        "latest",
     )
 
 
@@ -711,8 +720,9 @@ def _iso(ts) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def window_metric_rows(rows) -> tuple[dict[str, list[dict]], dict[str, int]]:
-    """Rows of `window_metrics` (Spark Rows or dicts) -> (store rows per metric, totals)."""
+def window_metric_rows(rows) -> tuple[dict[str, list[dict]], dict]:
+    """Rows of `window_metrics` (Spark Rows or dicts) -> (store rows per metric, totals: events,
+    quarantined, and `latest`, the newest event time accepted)."""
     out: dict[str, list[dict]] = {
         name: [] for name in ("traffic", "segments", "products", "active_users", "funnel", "errors")
     }
@@ -726,6 +736,8 @@ def window_metric_rows(rows) -> tuple[dict[str, list[dict]], dict[str, int]]:
             continue
         if metric == "totals":
             totals[r["k1"]] = r["n"]
+            if r.get("latest") is not None:
+                totals["latest"] = r["latest"]
             continue
         bounds = {"window_start": _iso(r["window_start"]), "window_end": _iso(r["window_end"])}
         if metric == "traffic":
@@ -804,4 +816,26 @@ STATE_STORE_CONF = {
     "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
     # JSON objects with a repeated key: the last value wins, as in Python's json module.
     "spark.sql.variant.allowDuplicateKeys": "true",
+    # The windowed aggregation keeps exact user sets and funnel steps (collect_set/list): let
+    # its hash aggregation hold more keys before it falls back to sorting.
+    "spark.sql.objectHashAggregate.sortBased.fallbackThreshold": "100000",
 }
+
+
+def quarantine_messages(checked: DataFrame, source_topic: str) -> DataFrame:
+    """Quarantined records as Kafka messages (key, value) for the quarantine topic: the reason,
+    where the record came from, and the record itself (as text, or base64 if not UTF-8)."""
+    bad = checked.where(F.col(QUARANTINE_REASON).isNotNull())
+    text = F.is_valid_utf8("raw")
+    value = F.struct(
+        F.col(QUARANTINE_REASON).alias("reason"),
+        F.lit(source_topic).alias("source_topic"),
+        "partition",
+        "offset",
+        F.when(text, F.col("raw")).alias("value"),
+        F.when(~text, F.base64(F.col("raw").cast("binary"))).alias("value_base64"),
+    )
+    return bad.select(
+        F.concat_ws(":", F.lit(source_topic), "partition", "offset").alias("key"),
+        F.to_json(value).alias("value"),
+    )

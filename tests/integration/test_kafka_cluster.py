@@ -94,7 +94,14 @@ def test_the_streaming_job_on_three_brokers_survives_losing_one(kafka_cluster, t
     carries on, and its store ends equal to the ground truth."""
     from clickstream.producer import produce
     from clickstream.serving import open_store
-    from tests.stream_process import kill_group, start, store_state, stream_command, wait_for
+    from tests.stream_process import (
+        kill_group,
+        settled,
+        start,
+        store_state,
+        stream_command,
+        wait_for,
+    )
     from tests.stream_truth import (
         Params,
         build_stream,
@@ -152,7 +159,11 @@ def test_the_streaming_job_on_three_brokers_survives_losing_one(kafka_cluster, t
         assert victim not in kafka_cluster.running_nodes()
         send(records[half:])  # acks=all still succeeds: two in-sync replicas remain
         wait_for(
-            lambda: store_state(store_url)[1] == len(records), 300, "every record", proc, log_text
+            lambda: settled(store_url, truth),
+            300,
+            "every record and the final watermark's results",
+            proc,
+            log_text,
         )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, log_text()
