@@ -51,7 +51,7 @@ def _has_connector(spark) -> bool:
 
 def default_shuffle_partitions(master: str) -> int:
     """State and shuffles spread over this many partitions: one per local core (at least 2, so
-    the state store is partitioned as on a cluster), else 8 (`spark.sql.shuffle.partitions`
+    the state store is partitioned as on a cluster), else 4 (`spark.sql.shuffle.partitions`
     in `conf` overrides it; on a real cluster, a few per executor core)."""
     found = re.fullmatch(r"local\[(\d+|\*)(?:,\s*\d+)?\]", master.strip())
     if master.strip() == "local":
@@ -59,7 +59,7 @@ def default_shuffle_partitions(master: str) -> int:
     if found:
         cores = (os.cpu_count() or 2) if found.group(1) == "*" else int(found.group(1))
         return max(2, cores)
-    return 8
+    return 4
 
 
 def get_spark(

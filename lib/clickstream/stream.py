@@ -134,6 +134,11 @@ def to_us(dt: datetime) -> int:
     return (dt - _EPOCH) // _ONE_US
 
 
+def _run_only(df) -> None:
+    """Run a micro-batch's DataFrame and throw its rows away (Spark's noop sink)."""
+    df.write.format("noop").mode("overwrite").save()
+
+
 def _parse_iso(text: str) -> int:
     """'2026-11-28T10:15:00Z' -> epoch microseconds."""
     return to_us(datetime.fromisoformat(text.replace("Z", "+00:00")))
@@ -310,6 +315,18 @@ def initial_offsets(spark_dir: Path) -> dict:
         return json.loads(text[start:]) if start >= 0 else {}
     except ValueError:
         return {}
+
+
+def records_through(spark_dir: Path, batch_id: int, topic: str) -> int | None:
+    """Kafka records the query has read up to the end of batch `batch_id` (0 before the
+    first batch): its end offsets minus the offsets it started from."""
+    if batch_id < 0:
+        return 0
+    end = batch_info(spark_dir, batch_id).get("offsets", {}).get(topic)
+    if end is None:
+        return None
+    begin = initial_offsets(spark_dir).get(topic, {})
+    return sum(max(0, int(o) - int(begin.get(p, 0))) for p, o in end.items())
 
 
 def records_in_batch(spark_dir: Path, batch_id: int, topic: str) -> int | None:
@@ -692,7 +709,9 @@ class StreamJob:
         # This job is the store's only writer, so the last applied batch is known after the
         # preflight check and after each write.
         if self._applied is not None and self._applied >= batch_id:
-            # A batch replayed after a restart that the store already holds: nothing to do.
+            # A batch replayed after a restart that the store already holds: nothing to write,
+            # but Spark must still run it, so that its state stores commit this batch's version.
+            _run_only(df)
             self.summary.skipped += 1
             self.echo(f"batch {batch_id}: already in the store (replayed after a restart)")
             return
@@ -700,11 +719,14 @@ class StreamJob:
 
         info = batch_info(self.spark_dir, batch_id)
         watermark_us = info.get("watermark_ms", 0) * 1000
-        records = records_in_batch(self.spark_dir, batch_id, self.config.topic) or 0
+        total = records_through(self.spark_dir, batch_id, self.config.topic)
+        before = records_through(self.spark_dir, batch_id - 1, self.config.topic)
+        records = max(0, (total or 0) - (before or 0))
         rows, totals = window_metric_rows(df.collect())  # aggregated rows only
         store = self.store
         counters = {k: int(v) for k, v in store.counters().items()}
-        counters["records"] = counters.get("records", 0) + records
+        # Absolute, from the offsets: the records of every batch up to this one.
+        counters["records"] = total if total is not None else counters.get("records", 0) + records
         for name in ("events", "quarantined"):
             if name in totals:
                 counters[name] = totals[name]
@@ -837,6 +859,7 @@ class StreamJob:
     # -- the sessions query's micro-batches ----------------------------------------------------
     def _on_sessions(self, df, batch_id: int) -> None:
         if self._sessions_applied is not None and self._sessions_applied >= batch_id:
+            _run_only(df)  # already in the store; the state stores still commit the batch
             return
         from pyspark.sql import functions as F
 

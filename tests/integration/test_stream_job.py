@@ -96,6 +96,20 @@ def test_every_metric_equals_the_ground_truth(
         assert counters["quarantined"] == 30 and len(got["quarantine"]) > 6
         assert len(got["sessions"]) > 100 and len(got["paths"]) > 100
 
+        # State lives in Spark's state store (RocksDB), one directory per stateful operator and
+        # shuffle partition: de-duplication and the windows' aggregation, the sessions' window.
+        # No pickled Python state anywhere.
+        partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+        for query, operators in (("spark", 2), ("sessions", 1)):
+            state = config.checkpoint / query / "state"
+            ops = sorted(p for p in state.iterdir() if p.name.isdigit())
+            assert len(ops) == operators, (query, ops)
+            for op in ops:
+                parts = [p for p in op.iterdir() if p.name.isdigit()]
+                assert len(parts) == partitions > 1, (op, parts)
+                assert any(f.suffix in (".changelog", ".zip") for p in parts for f in p.iterdir())
+        assert not [p for p in config.checkpoint.rglob("*") if p.suffix in (".pkl", ".pickle")]
+
         # Every injected incident and surge opened an alert that closed after it ended.
         sim = stream_config()
         t0 = sim.start_time.timestamp()
@@ -176,7 +190,7 @@ def test_a_batch_replayed_after_a_crash_is_not_counted_twice(spark, bootstrap, t
     forget_commit()
     db = sqlite3.connect(tmp_path / "serving.db")
     with db:
-        db.execute("DELETE FROM batches WHERE batch_id = ?", (last,))
+        db.execute("DELETE FROM batches WHERE job = ? AND batch_id = ?", (JOB, last))
     db.close()
     replay = run_available_now(config, spark=spark)
     assert (replay.batches, replay.skipped) == (1, 0)

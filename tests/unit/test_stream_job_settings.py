@@ -19,6 +19,7 @@ from clickstream.stream import (
     batch_info,
     duration_us,
     records_in_batch,
+    records_through,
 )
 
 US = 1_000_000
@@ -130,3 +131,4 @@ def test_batch_figures_come_from_sparks_offset_log(tmp_path: Path):
     assert records_in_batch(spark_dir, 0, "t") == 17
     assert records_in_batch(spark_dir, 1, "t") == 5
     assert records_in_batch(spark_dir, 2, "t") is None and batch_info(spark_dir, 2) == {}
+    assert [records_through(spark_dir, b, "t") for b in (-1, 0, 1)] == [0, 17, 22]
