@@ -407,6 +407,12 @@ def unique_events(events: DataFrame) -> DataFrame:
 WATERMARK_DELAY_KEY = "spark.watermarkDelayMs"  # how Spark marks a column as event time
 
 
+def _millis(text: str) -> int:
+    from clickstream.stream import duration_us
+
+    return duration_us(text) // 1000
+
+
 def _seconds(text: str) -> int:
     from clickstream.stream import duration_us
 
@@ -430,7 +436,7 @@ def window_of(
         F.transform(F.sequence(F.lit(0), F.lit(n - 1)), lambda k: last - k * step),
         lambda s: s > seconds - size,
     )
-    delay_ms = _seconds(delay) * 1000
+    delay_ms = _millis(delay)
     exploded = events.select(
         "*",
         F.posexplode_outer(F.when(F.col("event_ts").isNotNull(), starts)).alias(
@@ -569,7 +575,7 @@ def metric_facts(
     windowless = F.col("f.metric").isin("quarantine", "totals")
     return exploded.select(
         F.when(~windowless, F.col("window")).alias(
-            "window", metadata={WATERMARK_DELAY_KEY: _seconds(delay) * 1000}
+            "window", metadata={WATERMARK_DELAY_KEY: _millis(delay)}
         ),
         "f.*",
         "step",

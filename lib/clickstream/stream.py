@@ -430,14 +430,19 @@ def build_queries(spark, config: StreamConfig, categories: dict[str, str] | None
         # The preflight check explains a changed topic; at run time, fail rather than skip.
         options={"failOnDataLoss": "true"},
     )
-    checked = P.contract_checked(raw, max_ahead=config.max_ahead)
-    watermarked = P.with_watermark(checked, config.watermark)
-    facts = P.metric_facts(
-        P.unique_events(watermarked), categories, config.window, config.slide, config.watermark
-    )
+
+    # Durations as Spark reads them ('90s' and '2 min' are ours, not Spark's interval syntax).
+    def spark_interval(text: str | None) -> str | None:
+        return None if text is None else f"{duration_us(text) // 1000} milliseconds"
+
+    window, slide = spark_interval(config.window), spark_interval(config.slide)
+    delay = spark_interval(config.watermark)
+    checked = P.contract_checked(raw, max_ahead=spark_interval(config.max_ahead))
+    watermarked = P.with_watermark(checked, delay)
+    facts = P.metric_facts(P.unique_events(watermarked), categories, window, slide, delay)
     return Queries(
         windows=P.window_metrics(facts),
-        sessions=P.session_metrics(watermarked, config.session_gap, config.window, config.slide),
+        sessions=P.session_metrics(watermarked, spark_interval(config.session_gap), window, slide),
         quarantine=(
             P.quarantine_messages(checked, config.topic) if config.quarantine_topic else None
         ),
