@@ -433,7 +433,10 @@ def build_queries(spark, config: StreamConfig, categories: dict[str, str] | None
 
     # Durations as Spark reads them ('90s' and '2 min' are ours, not Spark's interval syntax).
     def spark_interval(text: str | None) -> str | None:
-        return None if text is None else f"{duration_us(text) // 1000} milliseconds"
+        if text is None:
+            return None
+        us = duration_us(text)
+        return f"{us // _US} seconds" if us % _US == 0 else f"{us // 1000} milliseconds"
 
     window, slide = spark_interval(config.window), spark_interval(config.slide)
     delay = spark_interval(config.watermark)
@@ -762,21 +765,23 @@ class StreamJob:
         the state store's size per stateful operator of both queries, as last reported."""
         if not self.queries:
             return 0, 0
-        late = duplicates = 0
-        last = self.queries[0].lastProgress
-        if last and last["batchId"] == self._figures_from + 1:
-            reports = [last]  # the usual case: only the batch before this one is new
-        else:
-            reports = self.queries[0].recentProgress
-        for progress in reports:
+        # A query that waits for data repeats its last report with zero figures, so take each
+        # batch's largest figures, and only once.
+        figures: dict[int, tuple[int, int]] = {}
+        for progress in self.queries[0].recentProgress:
             done = progress["batchId"]
             if done <= self._figures_from or done >= batch_id:
                 continue
+            late = duplicates = 0
             for op in progress["stateOperators"]:
                 if op["operatorName"].startswith("dedupe"):
                     late += op.get("numRowsDroppedByWatermark", 0)
                     duplicates += op.get("customMetrics", {}).get("numDroppedDuplicateRows", 0)
-            self._figures_from = max(self._figures_from, done)
+            seen = figures.get(done, (0, 0))
+            figures[done] = (max(seen[0], late), max(seen[1], duplicates))
+        late = sum(f[0] for f in figures.values())
+        duplicates = sum(f[1] for f in figures.values())
+        self._figures_from = max(self._figures_from, batch_id - 1)
         state = {}
         for query, name in zip(self.queries[:2], ("windows", "sessions"), strict=False):
             last = query.lastProgress
