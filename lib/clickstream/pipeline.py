@@ -303,6 +303,53 @@ def _type_ok(field, type_name: Column, value: Column) -> Column:
     return type_name.isin(*_INT_TYPES) & value.between(-(2**31), 2**31 - 1)
 
 
+# Text that a non-string JSON value becomes when `from_json` reads it into a string field: a
+# number, true/false, NaN/Infinity, an object or an array. A string field whose text looks like
+# one of these might have been written as that value, so its record takes the exact check.
+_NOT_PLAIN_TEXT = r"^(-?[0-9][0-9.eE+-]*|true|false|NaN|[+-]?Infinity|[{\[].*)$"
+
+
+# One object with no nested object and nothing after it: `from_json` ignores what follows the
+# first object ('{...} {...}'), which Python's json module rejects.
+_FLAT_OBJECT = r"^\s*\{[^{}]*\}\s*$"
+# JSON as Python's json module reads it: no single quotes, no NaN/Infinity.
+_STRICT_JSON = {"allowSingleQuotes": "false", "allowNonNumericNumbers": "false"}
+
+
+def _trailing_data(text: Column) -> Column:
+    """True when something follows the first JSON value of `text` (Spark's JSON readers stop
+    after it; Python's json module rejects the record). As the last element of an array, the
+    text must leave exactly one more element after it, with two different endings."""
+
+    def count(ending: str) -> Column:
+        return F.json_array_length(F.concat(F.lit("["), text, F.lit(ending)))
+
+    return ~F.coalesce((count(",0]") == 2) & (count(",1,2]") == 3), F.lit(False))
+
+
+def _clean_record(text: Column, typed: Column, texts: Column) -> Column:
+    """True when `from_json` alone is enough to check this record: an object, every required
+    field present as plain text, every numeric field absent or of its type. Everything else --
+    a few records in a thousand -- takes the exact VARIANT check of `contract_checked`."""
+    from clickstream import events
+
+    clean = text.rlike(_FLAT_OBJECT) & F.is_valid_utf8(text) & typed.isNotNull()
+    for f in events.FIELDS:
+        value, as_text = typed[f.name], texts[f.name]
+        if f.type is str:
+            plain = ~value.rlike(_NOT_PLAIN_TEXT)
+            if f.required:
+                clean = clean & value.isNotNull() & (value != "") & plain
+            else:
+                clean = clean & (value.isNull() | plain)
+        else:
+            present_ok = value.isNotNull()
+            if f.type is float:
+                present_ok = present_ok & ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
+            clean = clean & (as_text.isNull() | present_ok)
+    return F.coalesce(clean, F.lit(False))
+
+
 def contract_checked(
     raw: DataFrame,
     max_ahead: str = "1 day",
@@ -314,22 +361,42 @@ def contract_checked(
     produced), are `bad_event_time:...` too.
 
     Keeps `partition`, `offset` and the raw `value` (as text) for the quarantine topic.
+
+    Records are parsed with `from_json` on the contract's schema. `from_json` alone cannot tell
+    every wrongly typed field (it turns a number into a string field's text: "event_id": 1
+    would become "1"), so a record it cannot vouch for (`_clean_record`) is parsed a second
+    time into a VARIANT, which keeps each value's JSON type, and checked exactly as
+    `events.validate` does. Valid records -- nearly all of them -- pay for `from_json` only.
     """
     # The clock is the record's own Kafka timestamp rather than the batch's: the same on every
     # replay, and a constant-free expression, so Spark compiles the plan once, not per batch.
+    from pyspark.sql import types as T
+
     from clickstream import events
 
     text = F.col("value").cast("string")
-    doc = F.try_parse_json(text)
-    staged = raw.select(
+    as_texts = T.StructType([T.StructField(f.name, T.StringType()) for f in events.FIELDS])
+    first = raw.select(
         "partition",
         "offset",
         F.col("timestamp").alias("_produced"),
         text.alias("_text"),
         F.col("value").isNull().alias("_null"),
-        doc.alias("_v"),
+        F.from_json(text, spark_schema(), _STRICT_JSON).alias("_t"),
+        F.from_json(text, as_texts, _STRICT_JSON).alias("_s"),
+    ).withColumn("_clean", _clean_record(F.col("_text"), F.col("_t"), F.col("_s")))
+    staged = first.select(
+        "partition",
+        "offset",
+        "_produced",
+        "_text",
+        "_null",
+        "_t",
+        "_clean",
+        F.when(~F.col("_clean"), F.try_parse_json("_text")).alias("_v"),
     )
-    typed, checks = [], []
+    # The exact check, as one struct evaluated only for records `from_json` cannot vouch for.
+    values, checks = [], []
     for f in events.FIELDS:
         path = f"$.{f.name}"
         type_name = F.schema_of_variant(F.try_variant_get("_v", path, "variant"))
@@ -339,27 +406,43 @@ def contract_checked(
             absent = absent | (value == "")
         ok = _type_ok(f, type_name, value)
         spark_value = value.cast("int") if f.type is int else value
-        typed.append(F.when(~absent & ok, spark_value).alias(f.name))
+        values.append(F.when(~absent & ok, spark_value).alias(f.name))
         if f.required:
             checks.append((absent, f"{events.MISSING_FIELD}:{f.name}"))
         checks.append((~absent & ~ok, f"{events.WRONG_TYPE}:{f.name}"))
-    valid_time = F.col("event_time").rlike(events.EVENT_TIME_REGEX)
-    parsed = staged.select(
+    field_reason = F.when(~F.is_valid_utf8("_text") & ~F.col("_null"), events.NOT_UTF8).when(
+        F.col("_v").isNull() | _trailing_data(F.col("_text")), events.NOT_JSON
+    )
+    field_reason = field_reason.when(
+        ~F.schema_of_variant("_v").startswith("OBJECT"), events.NOT_OBJECT
+    )
+    for cond, code in checks:
+        field_reason = field_reason.when(F.coalesce(cond, F.lit(False)), code)
+    exact = F.struct(*values, field_reason.alias("reason"))
+    checked = staged.select(
         "partition",
         "offset",
         "_produced",
         "_text",
-        "_null",
-        "_v",
-        *typed,
-        *[F.coalesce(cond, F.lit(False)).alias(f"_c{i}") for i, (cond, _) in enumerate(checks)],
-    ).withColumn("event_ts", F.when(valid_time, F.try_to_timestamp("event_time")))
-    reason = F.when(~F.is_valid_utf8("_text") & ~F.col("_null"), events.NOT_UTF8).when(
-        F.col("_v").isNull(), events.NOT_JSON
+        "_clean",
+        "_t",
+        F.when(~F.col("_clean"), exact).alias("_x"),
     )
-    reason = reason.when(~F.schema_of_variant("_v").startswith("OBJECT"), events.NOT_OBJECT)
-    for i, (_, code) in enumerate(checks):
-        reason = reason.when(F.col(f"_c{i}"), code)
+    clean = F.col("_clean")
+    parsed = checked.select(
+        "partition",
+        "offset",
+        "_produced",
+        "_text",
+        *[
+            F.when(clean, F.col("_t")[f.name]).otherwise(F.col("_x")[f.name]).alias(f.name)
+            for f in events.FIELDS
+        ],
+        F.col("_x.reason").alias("_field_reason"),
+    )
+    valid_time = F.col("event_time").rlike(events.EVENT_TIME_REGEX)
+    parsed = parsed.withColumn("event_ts", F.when(valid_time, F.try_to_timestamp("event_time")))
+    reason = F.when(F.col("_field_reason").isNotNull(), F.col("_field_reason"))
     reason = (
         reason.when(
             ~F.col("event_type").isin(*events.EVENT_TYPES),
@@ -431,18 +514,22 @@ def window_of(
     step = _seconds(slide) if slide else size
     seconds = F.unix_seconds("event_ts")
     last = seconds - F.pmod(seconds, F.lit(step))
-    n = -(-size // step)
-    starts = F.filter(
-        F.transform(F.sequence(F.lit(0), F.lit(n - 1)), lambda k: last - k * step),
-        lambda s: s > seconds - size,
-    )
     delay_ms = _millis(delay)
-    exploded = events.select(
-        "*",
-        F.posexplode_outer(F.when(F.col("event_ts").isNotNull(), starts)).alias(
-            "window_pos", "_start"
-        ),
-    )
+    if step == size:  # tumbling: one window per event, no explode
+        start = F.when(F.col("event_ts").isNotNull(), last)
+        exploded = events.select("*", F.lit(0).alias("window_pos"), start.alias("_start"))
+    else:
+        n = -(-size // step)
+        starts = F.filter(
+            F.transform(F.sequence(F.lit(0), F.lit(n - 1)), lambda k: last - k * step),
+            lambda s: s > seconds - size,
+        )
+        exploded = events.select(
+            "*",
+            F.posexplode_outer(F.when(F.col("event_ts").isNotNull(), starts)).alias(
+                "window_pos", "_start"
+            ),
+        )
     win = F.when(
         F.col("_start").isNotNull(),
         F.struct(
@@ -486,7 +573,9 @@ _FACT_FIELDS = (
 )
 
 
-def _fact(**values) -> Column:
+def _fact(when: Column, **values) -> Column:
+    """One fact: `metric` is null when the event does not count in it (dropped after `inline`)."""
+    values["metric"] = F.when(when, values["metric"])
     return F.struct(
         *[
             (values[name] if name in values else F.lit(None)).cast(kind).alias(name)
@@ -529,57 +618,49 @@ def metric_facts(
     )
     windowed = window_of(events, window, slide, delay)
     facts = F.array(
-        F.when(valid, _fact(metric=F.lit("traffic"), k1=kind)),
-        F.when(
+        _fact(valid, metric=F.lit("traffic"), k1=kind),
+        _fact(
             valid,
-            _fact(
-                metric=F.lit("segments"),
-                k1=F.coalesce("country", F.lit(MISSING)),
-                k2=F.coalesce("device", F.lit(MISSING)),
-                k3=category,
-            ),
+            metric=F.lit("segments"),
+            k1=F.coalesce("country", F.lit(MISSING)),
+            k2=F.coalesce("device", F.lit(MISSING)),
+            k3=category,
         ),
-        F.when(
+        _fact(
             valid & is_product_event,
-            _fact(
-                metric=F.lit("products"),
-                k1=product,
-                k2=category,
-                views=(kind == "page_view").cast("int"),
-                carts=(kind == "add_to_cart").cast("int"),
-                purchases=(kind == "purchase").cast("int"),
-                cents=cents,
-            ),
+            metric=F.lit("products"),
+            k1=product,
+            k2=category,
+            views=(kind == "page_view").cast("int"),
+            carts=(kind == "add_to_cart").cast("int"),
+            purchases=(kind == "purchase").cast("int"),
+            cents=cents,
         ),
-        F.when(
+        _fact(
             valid,
-            _fact(
-                metric=F.lit("window"),
-                is_error=(kind == "error").cast("int"),
-                user=F.col("user_id"),
-            ),
+            metric=F.lit("window"),
+            is_error=(kind == "error").cast("int"),
+            user=F.col("user_id"),
         ),
-        F.when(~valid, _fact(metric=F.lit("quarantine"), k1=F.col(QUARANTINE_REASON))),
+        _fact(~valid, metric=F.lit("quarantine"), k1=F.col(QUARANTINE_REASON)),
         # Totals over the whole stream (a null window: never evicted), once per event.
-        F.when(
-            valid & (F.col("window_pos") == 0), _fact(metric=F.lit("totals"), k1=F.lit("events"))
-        ),
-        F.when(~valid, _fact(metric=F.lit("totals"), k1=F.lit("quarantined"))),
+        _fact(valid & (F.col("window_pos") == 0), metric=F.lit("totals"), k1=F.lit("events")),
+        _fact(~valid, metric=F.lit("totals"), k1=F.lit("quarantined")),
     )
     exploded = windowed.select(
         "window",
-        F.explode(F.filter(facts, lambda f: f.isNotNull())).alias("f"),
+        F.inline(facts),
         F.when(valid, step).alias("step"),
         "event_ts",
-    )
-    windowless = F.col("f.metric").isin("quarantine", "totals")
+    ).where(F.col("metric").isNotNull())
+    windowless = F.col("metric").isin("quarantine", "totals")
     return exploded.select(
         F.when(~windowless, F.col("window")).alias(
             "window", metadata={WATERMARK_DELAY_KEY: _millis(delay)}
         ),
-        "f.*",
+        *[name for name, _ in _FACT_FIELDS],
         "step",
-        F.when(F.col("f.metric") == "totals", F.col("event_ts")).alias("latest"),
+        F.when(F.col("metric") == "totals", F.col("event_ts")).alias("latest"),
     )
 
 

@@ -42,6 +42,13 @@ def test_contract_checks_in_spark_give_the_reasons_of_events_validate(spark):
         {"event_time": "2026-02-30T10:15:03Z"},
         {"event_time": "2026-11-28T10:15:03.123456789+01:30"},
         {"event_time": "2026-11-28 10:15:03Z"},
+        {"event_id": "123"},
+        {"user_id": "true"},
+        {"session_id": "{}"},
+        {"page": "[1]"},
+        {"device": "-1e5"},
+        {"price": 12},
+        {"price": None, "status_code": None},
     ):
         values.append(events.to_json_bytes({**good, **change}))
     values += [
@@ -52,6 +59,10 @@ def test_contract_checks_in_spark_give_the_reasons_of_events_validate(spark):
         b"1e999",
         b'{"price":1e999}',
         b'{"event_id":"a","event_id":"b"}',
+        events.to_json_bytes(good) + b' {"a": 1}',
+        events.to_json_bytes(good) + b"}",
+        b"{'event_id': 'single quotes'}",
+        b'{"price": NaN}',
     ]
     values.append(json.dumps({**good, "event_id": "dup-key"})[:-1].encode() + b', "page": "/x"}')
     produced = datetime(2026, 11, 28, 12, tzinfo=UTC)
