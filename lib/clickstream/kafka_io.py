@@ -38,6 +38,9 @@ def _admin(bootstrap: str):
         return KafkaAdminClient(
             bootstrap_servers=bootstrap,
             request_timeout_ms=10000,
+            # A broker that answers at all answers within a second or two; give up after 10 s
+            # rather than kafka-python's 30 (an unreachable address, a refused login).
+            bootstrap_timeout_ms=10000,
             client_id="clickstream-admin",
             **client_security(),
         )
