@@ -389,6 +389,8 @@ def wait_for_broker(
             admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap,
                 request_timeout_ms=5000,
+                # Short, so a broker process that died is noticed within a few seconds.
+                bootstrap_timeout_ms=3000,
                 client_id="clickstream-health",
                 **client_security(),
             )

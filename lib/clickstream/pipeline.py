@@ -9,6 +9,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from clickstream import events
 from clickstream.events import spark_schema
 
 
@@ -331,8 +332,6 @@ def _clean_record(text: Column, typed: Column, texts: Column) -> Column:
     """True when `from_json` alone is enough to check this record: an object, every required
     field present as plain text, every numeric field absent or of its type. Everything else --
     a few records in a thousand -- takes the exact VARIANT check of `contract_checked`."""
-    from clickstream import events
-
     clean = text.rlike(_FLAT_OBJECT) & F.is_valid_utf8(text) & typed.isNotNull()
     for f in events.FIELDS:
         value, as_text = typed[f.name], texts[f.name]
@@ -371,8 +370,6 @@ def contract_checked(
     # The clock is the record's own Kafka timestamp rather than the batch's: the same on every
     # replay, and a constant-free expression, so Spark compiles the plan once, not per batch.
     from pyspark.sql import types as T
-
-    from clickstream import events
 
     text = F.col("value").cast("string")
     as_texts = T.StructType([T.StructField(f.name, T.StringType()) for f in events.FIELDS])
@@ -497,9 +494,7 @@ def _millis(text: str) -> int:
 
 
 def _seconds(text: str) -> int:
-    from clickstream.stream import duration_us
-
-    return duration_us(text) // 1_000_000
+    return _millis(text) // 1000
 
 
 def window_of(
