@@ -427,8 +427,13 @@ def build_queries(spark, config: StreamConfig, categories: dict[str, str] | None
         config.bootstrap_servers,
         starting_offsets="earliest",
         max_offsets_per_trigger=config.max_offsets_per_trigger,
-        # The preflight check explains a changed topic; at run time, fail rather than skip.
-        options={"failOnDataLoss": "true"},
+        options={
+            # The preflight check explains a changed topic; at run time, fail rather than skip.
+            "failOnDataLoss": "true",
+            # A task reads a fixed offset range; the consumer's default fetch wait (500 ms)
+            # would hold up the batch whenever a fetch finds fewer bytes than it asked for.
+            "kafka.fetch.max.wait.ms": "20",
+        },
     )
 
     # Durations as Spark reads them ('90s' and '2 min' are ours, not Spark's interval syntax).
