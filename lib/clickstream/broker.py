@@ -49,9 +49,26 @@ def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, avoid: tuple[int, ...] = ()) -> list[int]:
+    """`count` different TCP ports on 127.0.0.1 that nobody listens on right now, none of them
+    in `avoid`. All are held until all are chosen: ports picked one at a time can repeat."""
+    held: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -195,7 +212,7 @@ class LocalBroker:
                 "delete its data with `clickstream broker down --purge` first."
             )
         if not formatted or not controller_port:
-            controller_port = free_port()
+            (controller_port,) = free_ports(1, avoid=(port,))
         self._write_properties(port, controller_port)
         if not formatted:
             self._format(jars, meta.get("cluster_id") or cluster_id(), port, controller_port)

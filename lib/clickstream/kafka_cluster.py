@@ -22,7 +22,7 @@ from clickstream.broker import (
     BrokerStatus,
     _pid_alive,
     cluster_id,
-    free_port,
+    free_ports,
     kafka_pid,
     read_json,
     wait_for_broker,
@@ -90,10 +90,11 @@ class LocalKafkaCluster:
         check_java_for_kafka()
         ensure_kafka_jars(self.settings)
         if not meta:
+            ports = free_ports(2 * brokers)
             meta = {
                 "cluster_id": cluster_id(),
                 "nodes": [
-                    {"node_id": i, "port": free_port(), "controller_port": free_port()}
+                    {"node_id": i, "port": ports[2 * i - 2], "controller_port": ports[2 * i - 1]}
                     for i in range(1, brokers + 1)
                 ],
             }

@@ -123,3 +123,16 @@ def test_local_port_follows_the_running_broker(monkeypatch, tmp_path):
     assert s.bootstrap_servers == "127.0.0.1:9192"
     assert get_settings(state_dir=tmp_path, port=9300).bootstrap_servers == "127.0.0.1:9300"
     assert os.environ.get("KAFKA_BOOTSTRAP_SERVERS") is None
+
+
+def test_free_ports_are_distinct_unbound_and_avoid_the_ones_given():
+    import socket
+
+    from clickstream.broker import free_ports
+
+    first = free_ports(1)[0]
+    ports = free_ports(40, avoid=(first,))
+    assert len(set(ports)) == 40 and first not in ports
+    for port in ports[:5]:  # nobody holds them any more: each can be bound
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
