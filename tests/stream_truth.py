@@ -192,13 +192,11 @@ def expected_store(
     records: list[tuple[bytes | None, bytes]],
     params: Params,
     detector: anomaly.DetectorConfig | None = None,
-    paths_at_session_end: bool = False,
 ) -> Truth:
     """Every metric the job must have written after reading `records`, sorted as reads are.
 
-    Paths are counted once the watermark passes each later step, or, with
-    `paths_at_session_end`, once it passes the end of the step's session (Spark's session
-    windows in append mode)."""
+    Sessions, and the page paths within them, count once the watermark has passed the
+    session's end (Spark's session windows in append mode)."""
     size = params.window_s * US
     slide = (params.slide_s or params.window_s) * US
     gap = params.gap_s * US
@@ -287,11 +285,11 @@ def expected_store(
                 runs.append([cur])
         for run in runs:
             sessions.append((user, sid, run))
-            closed = run[-1][0] + gap <= final_wm
+            if run[-1][0] + gap > final_wm:
+                continue  # still open: its paths are not final yet
             for prev, cur in zip(run, run[1:], strict=False):
-                if closed if paths_at_session_end else cur[0] < final_wm:
-                    for s in windows_of(cur[0], size, slide):
-                        paths[(s, step_of(prev[2]), step_of(cur[2]))] += 1
+                for s in windows_of(cur[0], size, slide):
+                    paths[(s, step_of(prev[2]), step_of(cur[2]))] += 1
     rows["sessions"] = sorted(
         (
             {

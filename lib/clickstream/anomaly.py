@@ -117,6 +117,22 @@ class AnomalyDetector:
     def state(self) -> dict:
         return {"errors": self.errors, "traffic": self.traffic}
 
+    def to_json(self) -> dict:
+        """The state as plain JSON data (the streaming job saves it per micro-batch)."""
+        return {"errors": asdict(self.errors), "traffic": asdict(self.traffic)}
+
+    @classmethod
+    def from_json(cls, config: DetectorConfig | None, data: dict | None) -> AnomalyDetector:
+        """A detector continuing from `to_json()` data (None: a fresh one)."""
+        detector = cls(config)
+        for name in ("errors", "traffic"):
+            if data and data.get(name):
+                signal = dict(data[name])
+                alert = signal.get("alert")
+                signal["alert"] = Alert(**alert) if alert else None
+                setattr(detector, name, _Signal(**signal))
+        return detector
+
     def open_alerts(self) -> list[Alert]:
         return [s.alert for s in (self.errors, self.traffic) if s.alert is not None]
 

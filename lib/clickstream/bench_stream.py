@@ -1,20 +1,22 @@
 """`clickstream bench stream`: what the streaming job costs beside Spark reading the same topic.
 
 One run, one topic pre-loaded with N simulated events, measured in this order on one Spark
-session (so the JVM is warm for all three):
+session (the reference runs first and again last, so the JVM is warm and the machine's drift
+shows):
 
 (a) a bare Spark read of the topic with `from_json` on the contract's schema into the noop sink:
     the reference, what any query on this topic pays;
-(b) `clickstream stream --available-now` as it runs today, into a scratch SQLite store;
-(c) the query built from Spark's own operators in `clickstream.pipeline` (contract checks,
-    watermark, de-duplication, every windowed metric in one aggregation; sessions and paths in
-    session windows), with availableNow, collecting its aggregated rows.
+(b) the streaming job (`clickstream stream --available-now`) into a scratch SQLite store;
+(c) live: the job running continuously (a micro-batch every second) while events are produced
+    at a steady rate; the latency of a record is from its send to the commit of the store
+    transaction holding it.
 
 Figures are events/s of wall time, with the ratio to (a) and the machine they ran on.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 import uuid
@@ -29,12 +31,19 @@ class StreamBench:
     events: int
     read_parse_s: float
     job_s: float
-    native_s: float
     batches: int
     state_rows: int
     state_memory_bytes: int
     machine: dict
+    latencies: list[float] = field(default_factory=list)
+    live_rate: float = 0.0
     settings: dict = field(default_factory=dict)
+
+    def _quantile(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
     def to_dict(self) -> dict:
         return {
@@ -42,11 +51,14 @@ class StreamBench:
             "read_parse_events_per_s": round(self.events / self.read_parse_s),
             "job_events_per_s": round(self.events / self.job_s),
             "job_ratio": round(self.read_parse_s / self.job_s, 3),
-            "native_query_events_per_s": round(self.events / self.native_s),
-            "native_query_ratio": round(self.read_parse_s / self.native_s, 3),
             "batches": self.batches,
             "state_rows": self.state_rows,
             "state_memory_bytes": self.state_memory_bytes,
+            "live_events_per_s": round(self.live_rate),
+            "live_events": len(self.latencies),
+            "latency_p50_s": self._quantile(0.50),
+            "latency_p95_s": self._quantile(0.95),
+            "latency_p99_s": self._quantile(0.99),
             "settings": self.settings,
             "machine": self.machine,
         }
@@ -54,20 +66,26 @@ class StreamBench:
     def text(self) -> str:
         d = self.to_dict()
         m = self.machine
-        return "\n".join(
-            [
-                f"{self.events:,} events, {self.settings.get('master')}, "
-                f"{self.settings.get('shuffle_partitions')} shuffle partitions",
-                f"  (a) Spark read + from_json, noop sink   {d['read_parse_events_per_s']:>9,} events/s",
-                f"  (b) clickstream stream --available-now  {d['job_events_per_s']:>9,} events/s"
-                f"  ({d['job_ratio']:.2f} of a)",
-                f"  (c) Spark-native query (pipeline)       {d['native_query_events_per_s']:>9,} events/s"
-                f"  ({d['native_query_ratio']:.2f} of a; {self.batches} batches, "
-                f"{self.state_rows:,} state rows, {self.state_memory_bytes / 2**20:.1f} MiB)",
-                f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']:.1f} GiB RAM, {m['os']}, "
-                f"load {m['load_avg_1m']:.1f}, Python {m['python']}, Java {m['java']}",
-            ]
+        lines = [
+            f"{self.events:,} events, {self.settings.get('master')}, "
+            f"{self.settings.get('shuffle_partitions')} shuffle partitions, at most "
+            f"{self.settings.get('max_offsets_per_trigger'):,} records per batch",
+            f"  (a) Spark read + from_json, noop sink    {d['read_parse_events_per_s']:>9,} events/s",
+            f"  (b) clickstream stream --available-now   {d['job_events_per_s']:>9,} events/s"
+            f"  ({d['job_ratio']:.2f} of a; {self.batches} batches, {self.state_rows:,} "
+            f"state rows, {self.state_memory_bytes / 2**20:.1f} MiB)",
+        ]
+        if self.latencies:
+            lines.append(
+                f"  (c) live at {d['live_events_per_s']:,} events/s, produce to store: "
+                f"p50 {d['latency_p50_s']} s, p95 {d['latency_p95_s']} s, "
+                f"p99 {d['latency_p99_s']} s ({len(self.latencies):,} events)"
+            )
+        lines.append(
+            f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']:.1f} GiB RAM, {m['os']}, "
+            f"load {m['load_avg_1m']:.1f}, Python {m['python']}, Java {m['java']}"
         )
+        return "\n".join(lines)
 
 
 def preload(topic: str, bootstrap: str, count: int, seed: int, echo) -> None:
@@ -81,30 +99,113 @@ def preload(topic: str, bootstrap: str, count: int, seed: int, echo) -> None:
     produce(generated_in_background(config), topic, bootstrap, progress=False, total=count)
 
 
-def _timed(query) -> float:
+def _read_parse_seconds(spark, topic: str, bootstrap: str, per_batch: int, checkpoint: Path):
+    from pyspark.sql import functions as F
+
+    from clickstream import pipeline as P
+    from clickstream.events import spark_schema
+
+    raw = P.read_kafka(spark, topic, bootstrap, max_offsets_per_trigger=per_batch)
+    parsed = raw.select(F.from_json(F.col("value").cast("string"), spark_schema()).alias("e"))
     started = time.monotonic()
+    query = (
+        parsed.select("e.*")
+        .writeStream.format("noop")
+        .option("checkpointLocation", str(checkpoint))
+        .trigger(availableNow=True)
+        .start()
+    )
     query.awaitTermination()
     return time.monotonic() - started
+
+
+def live_latencies(
+    spark, bootstrap: str, work: Path, rate: float, seconds: float, echo
+) -> tuple[list[float], float]:
+    """Run the job continuously while producing `rate` events/s for `seconds`; return each
+    event's send-to-commit latency and the rate achieved."""
+    from clickstream.kafka_io import ensure_topic, make_producer
+    from clickstream.producer import simulated_records
+    from clickstream.serving import open_store
+    from clickstream.simulator import SimConfig
+    from clickstream.stream import JOB, StreamConfig, StreamJob
+
+    topic = f"bench_live_{uuid.uuid4().hex[:8]}"
+    ensure_topic(topic, partitions=3, bootstrap=bootstrap)
+    store_url = f"sqlite:///{work / 'live.db'}"
+    config = StreamConfig.create(
+        topic=topic,
+        bootstrap_servers=bootstrap,
+        store_url=store_url,
+        checkpoint=work / "live",
+        alerts_topic="",
+        quarantine_topic="",
+        trigger="1 second",
+    )
+    handle = StreamJob(config, spark=spark).start()
+    count = int(rate * seconds)
+    sent: list[float] = []
+    try:
+        time.sleep(5)  # the queries' first (empty) batches
+        echo(f"(c) live: {count:,} events at {rate:,.0f} events/s...")
+        producer = make_producer(bootstrap)
+        items = simulated_records(
+            SimConfig(seed=7, count=count, start=_now_iso()), with_times=False
+        )
+        began = time.monotonic()
+        for i, (key, value, _) in enumerate(items):
+            due = began + i / rate
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            producer.send(topic, key=key, value=value)
+            sent.append(time.time())
+        producer.flush()
+        achieved = count / (time.monotonic() - began)
+        deadline = time.monotonic() + 60
+        with open_store(store_url) as store:
+            while time.monotonic() < deadline:
+                if int(store.counters().get("records", 0)) >= count:
+                    break
+                time.sleep(0.2)
+            health = sorted(store.health(JOB, limit=100_000), key=lambda h: h["batch_id"])
+        producer.close()
+    finally:
+        handle.stop()
+    # The k-th record sent is in the first batch whose cumulative input reaches k + 1.
+    latencies, seen, i = [], 0, 0
+    for h in health:
+        seen += h["input_rows"] or 0
+        while i < min(seen, len(sent)):
+            latencies.append(max(0.0, h["committed_at"] - sent[i]))
+            i += 1
+    return latencies, achieved
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    from clickstream.events import format_event_time
+
+    return format_event_time(datetime.now(UTC))
 
 
 def bench_stream(
     settings: Settings,
     count: int = 1_000_000,
     master: str | None = None,
-    max_offsets_per_trigger: int = 200_000,
+    max_offsets_per_trigger: int = 100_000,
+    live_rate: float = 1000.0,
+    live_seconds: float = 30.0,
     seed: int = 42,
     echo=lambda message: None,
 ) -> StreamBench:
-    """Measure (a), (b) and (c) on one topic of `count` events (see the module docstring)."""
-    from pyspark.sql import functions as F
-
-    from clickstream import pipeline as P
+    """Measure (a), (b) and (c) (see the module docstring)."""
     from clickstream.bench import machine_info
     from clickstream.broker import LocalBroker
-    from clickstream.events import spark_schema
-    from clickstream.simulator import load_catalogue
+    from clickstream.kafka_io import delete_topic
     from clickstream.spark import get_spark
-    from clickstream.stream import run_available_now
+    from clickstream.stream import StreamConfig, StreamJob
 
     bootstrap = settings.bootstrap_servers
     local = LocalBroker(settings)
@@ -114,79 +215,61 @@ def bench_stream(
         local.up(echo=echo)
         started_broker = True
     topic = f"bench_stream_{uuid.uuid4().hex[:8]}"
-    preload(topic, bootstrap, count, seed, echo)
-    spark = get_spark("clickstream-bench-stream", master=master, settings=settings)
-    shuffle = spark.conf.get("spark.sql.shuffle.partitions")
-    with tempfile.TemporaryDirectory(prefix="clickstream-bench-") as tmp:
-        work = Path(tmp)
-
-        def raw():
-            return P.read_kafka(
-                spark, topic, bootstrap, max_offsets_per_trigger=max_offsets_per_trigger
+    try:
+        preload(topic, bootstrap, count, seed, echo)
+        spark = get_spark("clickstream-bench-stream", master=master, settings=settings)
+        shuffle = spark.conf.get("spark.sql.shuffle.partitions")
+        with tempfile.TemporaryDirectory(prefix="clickstream-bench-") as tmp:
+            work = Path(tmp)
+            echo("(a) Spark read + from_json into the noop sink...")
+            first = _read_parse_seconds(
+                spark, topic, bootstrap, max_offsets_per_trigger, work / "a1"
             )
-
-        echo("(a) Spark read + from_json into the noop sink...")
-        parsed = raw().select(F.from_json(F.col("value").cast("string"), spark_schema()).alias("e"))
-        read_parse_s = _timed(
-            parsed.select("e.*")
-            .writeStream.format("noop")
-            .option("checkpointLocation", str(work / "a"))
-            .trigger(availableNow=True)
-            .start()
-        )
-        echo("(b) clickstream stream --available-now...")
-        started = time.monotonic()
-        run_available_now(
-            spark=spark,
-            topic=topic,
-            bootstrap_servers=bootstrap,
-            store_url=f"sqlite:///{work / 'serving.db'}",
-            checkpoint=work / "b",
-            max_offsets_per_trigger=max_offsets_per_trigger,
-            alerts_topic="",
-            quarantine_topic="",
-        )
-        job_s = time.monotonic() - started
-        echo("(c) the Spark-native query...")
-        categories = {p.product_id: p.category for p in load_catalogue()}
-        checked = P.with_watermark(P.contract_checked(raw()), "2 minutes")
-        windows = P.window_metrics(P.metric_facts(P.unique_events(checked), categories))
-        sessions = P.session_metrics(checked)
-        started = time.monotonic()
-        queries = [
-            windows.writeStream.outputMode("update")
-            .foreachBatch(lambda df, _: df.collect())
-            .option("checkpointLocation", str(work / "c-windows"))
-            .trigger(availableNow=True)
-            .start(),
-            sessions.writeStream.outputMode("append")
-            .foreachBatch(lambda df, _: df.collect())
-            .option("checkpointLocation", str(work / "c-sessions"))
-            .trigger(availableNow=True)
-            .start(),
-        ]
-        for query in queries:
-            query.awaitTermination()
-        native_s = time.monotonic() - started
-        progress = [p for q in queries for p in q.recentProgress]
-        last = [q.lastProgress for q in queries if q.lastProgress]
-        ops = [op for p in last for op in p["stateOperators"]]
-        batches = max(len(q.recentProgress) for q in queries)
-    from clickstream.kafka_io import delete_topic
-
-    delete_topic(topic, bootstrap)
-    if started_broker:
-        local.down(echo=echo)
-    del progress
+            echo("(b) clickstream stream --available-now...")
+            config = StreamConfig.create(
+                topic=topic,
+                bootstrap_servers=bootstrap,
+                store_url=f"sqlite:///{work / 'serving.db'}",
+                checkpoint=work / "b",
+                max_offsets_per_trigger=max_offsets_per_trigger,
+                alerts_topic="",
+                quarantine_topic="",
+                available_now=True,
+            )
+            job = StreamJob(config, spark=spark)
+            started = time.monotonic()
+            handle = job.start()
+            handle.await_termination()
+            job_s = time.monotonic() - started
+            ops = [
+                op
+                for q in handle.queries
+                for op in (q.lastProgress or {}).get("stateOperators", [])
+            ]
+            batches = job.summary.batches
+            echo("(a) again...")
+            second = _read_parse_seconds(
+                spark, topic, bootstrap, max_offsets_per_trigger, work / "a2"
+            )
+            latencies, achieved = ([], 0.0)
+            if live_seconds > 0:
+                latencies, achieved = live_latencies(
+                    spark, bootstrap, work, live_rate, live_seconds, echo
+                )
+    finally:
+        delete_topic(topic, bootstrap)
+        if started_broker:
+            local.down(echo=echo)
     return StreamBench(
         events=count,
-        read_parse_s=read_parse_s,
+        read_parse_s=statistics.mean([first, second]),
         job_s=job_s,
-        native_s=native_s,
         batches=batches,
         state_rows=sum(op["numRowsTotal"] for op in ops),
         state_memory_bytes=sum(op["memoryUsedBytes"] for op in ops),
         machine=machine_info(settings),
+        latencies=latencies,
+        live_rate=achieved,
         settings={
             "master": spark.sparkContext.master,
             "shuffle_partitions": int(shuffle),

@@ -561,13 +561,28 @@ def bench_produce(count, bootstrap_servers, seed, profile, as_json):
 @click.option(
     "--max-offsets-per-trigger",
     type=click.IntRange(min=1),
-    default=200_000,
+    default=100_000,
     show_default=True,
     help="Records per micro-batch.",
 )
+@click.option(
+    "--live-seconds",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Length of the live run at --live-rate (0: none).",
+)
+@click.option(
+    "--live-rate",
+    type=click.FloatRange(min=1),
+    default=1000.0,
+    show_default=True,
+    help="Events/s of the live run.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def bench_stream(count, master, max_offsets_per_trigger, as_json):
-    """Events/s of the streaming job beside a bare Spark read + parse of the same topic."""
+def bench_stream(count, master, max_offsets_per_trigger, live_seconds, live_rate, as_json):
+    """Events/s of the streaming job beside a bare Spark read + parse of the same topic, and
+    its produce-to-store latency live."""
     from clickstream.bench_stream import bench_stream as run
 
     def echo(message: str) -> None:
@@ -579,6 +594,8 @@ def bench_stream(count, master, max_offsets_per_trigger, as_json):
             count=count,
             master=master,
             max_offsets_per_trigger=max_offsets_per_trigger,
+            live_rate=live_rate,
+            live_seconds=live_seconds,
             echo=echo,
         )
     finally:
@@ -717,7 +734,13 @@ bench.add_command(bench_dashboard)
     "--max-offsets-per-trigger",
     type=click.IntRange(min=1),
     default=None,
-    help="At most this many records per micro-batch.",
+    help="At most this many records per micro-batch (default 100,000): a backlog is read in "
+    "bounded batches.",
+)
+@click.option(
+    "--max-ahead",
+    default=None,
+    help="Quarantine events dated more than this past the batch's clock (default '1 day').",
 )
 @click.option(
     "--alerts-topic",
@@ -748,6 +771,7 @@ def stream_command(
     trigger,
     available_now,
     max_offsets_per_trigger,
+    max_ahead,
     alerts_topic,
     quarantine_topic,
     reset,
@@ -776,6 +800,7 @@ def stream_command(
         trigger=trigger,
         available_now=available_now,
         max_offsets_per_trigger=max_offsets_per_trigger,
+        max_ahead=max_ahead,
         alerts_topic=alerts_topic or "",
         quarantine_topic=quarantine_topic or "",
         master=master,

@@ -32,6 +32,7 @@ from clickstream.serving import (
     iso,
     open_store,
 )
+from clickstream.stream import SESSIONS_JOB
 
 # Choices offered by the dashboard's time-range control, in minutes of event time.
 TIME_RANGES: dict[str, int] = {
@@ -579,6 +580,13 @@ def _marker(health_rows: list[dict]) -> tuple | None:
     return (last.get("job"), last.get("batch_id"), last.get("committed_at"))
 
 
+def job_health(store: Store, limit: int) -> list[dict]:
+    """The newest `limit` batches of the streaming job's health, newest first. The sessions
+    query's batches are left out: they only mark that sessions were written."""
+    rows = store.health(limit=2 * limit)
+    return [r for r in rows if r.get("job") != SESSIONS_JOB][:limit]
+
+
 def change_marker(store: Store) -> tuple | None:
     """The newest committed batch: every write to the store adds one, so while this stays the
     same the store holds the same data and a refresh can skip reading it (one tiny query)."""
@@ -605,7 +613,7 @@ def load_snapshot(
     status = store_status(store)
     if not status.ok:
         return Snapshot(status=status, filters=filters, reads=1)
-    health_rows = store.health(limit=HEALTH_BATCHES)
+    health_rows = job_health(store, HEALTH_BATCHES)
     snap = Snapshot(status=status, filters=filters, product_sort=product_sort, reads=3)
     snap.health = health_summary(health_rows, now=now)
     snap.health_rows = health_rows
@@ -652,7 +660,7 @@ def filter_options(store: Store, windows: int = 10) -> dict[str, list[str]]:
     """Values the filters can take: those seen in the newest `windows` windows of segments."""
     options: dict[str, set] = {"category": set(), "country": set(), "device": set()}
     try:
-        found = newest_window(store, hint=latest_event_time(store.health(limit=5)))
+        found = newest_window(store, hint=latest_event_time(job_health(store, 5)))
         if found is not None:
             start, length = found
             since = iso(start - timedelta(seconds=length * (windows - 1)))

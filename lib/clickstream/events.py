@@ -85,12 +85,12 @@ EVENT_TIME_REGEX = f"^{_EVENT_TIME_CORE}$"
 _EVENT_TIME_RE = re.compile(_EVENT_TIME_CORE)
 
 # The range of event times the streaming job accepts (`event_time_range_reason`): a record
-# dated before 2000 or more than a day ahead of the job's clock is a broken clock, not an event,
+# dated before 2000 or more than a day after it was produced is a broken clock, not an event,
 # and would otherwise move the watermark (or hold windows open) for everybody.
 EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 DEFAULT_MAX_AHEAD = timedelta(days=1)
 TOO_EARLY = f"{BAD_EVENT_TIME}:before_2000"
-TOO_FAR_AHEAD = f"{BAD_EVENT_TIME}:ahead_of_clock"
+TOO_FAR_AHEAD = f"{BAD_EVENT_TIME}:ahead_of_clock"  # of the Kafka record's timestamp
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1  # Spark IntegerType would turn larger values to null
 _DETAIL_MAX = 40  # keep reasons short even when the offending value is huge
@@ -170,12 +170,13 @@ def validate(record: Any) -> str | None:
 
 
 def event_time_range_reason(
-    event_time: datetime, now: datetime, max_ahead: timedelta = DEFAULT_MAX_AHEAD
+    event_time: datetime, produced: datetime, max_ahead: timedelta = DEFAULT_MAX_AHEAD
 ) -> str | None:
-    """None if a valid event time is within the job's sane range, else its quarantine reason."""
+    """None if a valid event time is within the job's sane range, else its quarantine reason:
+    before 2000, or more than `max_ahead` past `produced` (the record's Kafka timestamp)."""
     if event_time < EARLIEST_EVENT_TIME:
         return TOO_EARLY
-    if event_time > now + max_ahead:
+    if event_time > produced + max_ahead:
         return TOO_FAR_AHEAD
     return None
 

@@ -187,8 +187,9 @@ class JobOutcome:
 def job_outcome(records: Iterable, delay_s: float, batch_size: int) -> JobOutcome:
     """Replay the streaming job's rules on records read from ONE partition in micro-batches of
     `batch_size` (maxOffsetsPerTrigger): validate with the contract (quarantine with the
-    reason), drop events older than the batch's watermark (newest event time of the earlier
-    batches minus `delay_s`), then drop event ids already seen."""
+    reason), drop events older than the watermark Spark judges late events by (the previous
+    batch's: newest event time of the batches before it, minus `delay_s`), then drop event
+    ids already seen."""
     from clickstream import events
 
     records = list(records)
@@ -196,9 +197,11 @@ def job_outcome(records: Iterable, delay_s: float, batch_size: int) -> JobOutcom
     out = JobOutcome(counters=dict.fromkeys(("records", "quarantined", "late_dropped"), 0))
     out.counters.update(duplicates_removed=0, events=0)
     newest: int | None = None
+    newest_after: list[int | None] = []  # the newest event time after each batch
     seen: set[str] = set()
-    for start in range(0, len(records), batch_size):
-        watermark = None if newest is None else newest - delay
+    for number, start in enumerate(range(0, len(records), batch_size)):
+        before_previous = newest_after[number - 2] if number >= 2 else None
+        watermark = None if before_previous is None else before_previous - delay
         for record in records[start : start + batch_size]:
             out.counters["records"] += 1
             event, reason = events.parse_value(record.value)
@@ -218,6 +221,7 @@ def job_outcome(records: Iterable, delay_s: float, batch_size: int) -> JobOutcom
                 seen.add(event["event_id"])
                 out.counters["events"] += 1
                 out.accepted.append(event)
+        newest_after.append(newest)
     if newest is not None:
         out.watermark = _dt(newest - delay)
     return out

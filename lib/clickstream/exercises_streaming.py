@@ -104,14 +104,14 @@ def dropped_by_watermark(
 ) -> set[str]:
     """Event ids a watermark of `delay_s` drops when `arrivals` come in batches of `batch_size`.
 
-    With `window_s` None, the streaming job's rule: an event older than its batch's watermark
-    (max event time of earlier batches minus the delay) is dropped. With a window length,
-    Spark's rule for a windowed aggregation: an event is dropped only when its tumbling window
-    ends at or before the watermark of the *previous* batch (Spark filters late input with it).
+    Spark filters late input with the watermark of the *previous* batch (the max event time of
+    the batches before that one, minus the delay). With `window_s` None, the streaming job's
+    rule (Spark's `dropDuplicatesWithinWatermark`, its first stateful step): an event older
+    than that watermark is dropped. With a window length, Spark's rule for a windowed
+    aggregation: an event is dropped only when its tumbling window ends at or before it.
     """
     times = [_epoch_ms(r.event["event_time"]) for r in arrivals]
-    lag = 1 if window_s is None else 2
-    marks = _batch_watermarks(times, round(delay_s * 1000), batch_size, lag)
+    marks = _batch_watermarks(times, round(delay_s * 1000), batch_size, lag=2)
     dropped = set()
     for record, ms, mark in zip(arrivals, times, marks, strict=True):
         if mark is None:
@@ -123,6 +123,16 @@ def dropped_by_watermark(
         if late:
             dropped.add(record.event["event_id"])
     return dropped
+
+
+def _dropped_by_own_batch_watermark(arrivals, delay_s: float, batch_size: int) -> set[str]:
+    times = [_epoch_ms(r.event["event_time"]) for r in arrivals]
+    marks = _batch_watermarks(times, round(delay_s * 1000), batch_size, lag=1)
+    return {
+        r.event["event_id"]
+        for r, ms, mark in zip(arrivals, times, marks, strict=True)
+        if mark is not None and ms < mark
+    }
 
 
 def check_dropped_events(answer: Any, arrivals, delay_s: float, batch_size: int) -> None:
@@ -146,13 +156,18 @@ def check_dropped_events(answer: Any, arrivals, delay_s: float, batch_size: int)
             "that is the record-by-record rule; Spark and the job move the watermark once "
             f"per micro-batch of {batch_size} records, using only earlier batches"
         )
+    elif got == _dropped_by_own_batch_watermark(arrivals, delay_s, batch_size):
+        hint = (
+            "that compares with each batch's own watermark; Spark judges late events by the "
+            "watermark of the previous batch (`late_if_before`)"
+        )
     elif got - expected and not expected - got:
         hint = (
-            f"{len(got - expected)} of yours are kept: the watermark of a batch comes from "
-            "the earlier batches only (the first batch drops nothing)"
+            f"{len(got - expected)} of yours are kept: Spark judges late events by the "
+            "previous batch's watermark (the first two batches drop nothing)"
         )
     elif expected - got and not got - expected:
         hint = f"{len(expected - got)} dropped events are missing from your answer"
     else:
-        hint = "compare each event_time with (max event time of earlier batches - delay)"
+        hint = "compare each event_time with the previous batch's watermark (late_if_before)"
     raise ExerciseError(f"{len(got)} ids given, {len(expected)} expected: {hint}.")

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 from clickstream.errors import ClickstreamError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(ClickstreamError):
@@ -242,6 +242,13 @@ HEALTH_COLUMNS = (
     "max_event_time",
     "watermark",
     "lag",
+    # Spark's own figures, reported once the batch before this one committed: rows its
+    # de-duplication dropped as late or repeated, and the size of the job's state store.
+    "late_dropped",
+    "duplicates_removed",
+    "state_rows",
+    "state_memory_bytes",
+    "state_operators",  # JSON: rows and memory per stateful operator
 )
 
 

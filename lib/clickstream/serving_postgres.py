@@ -56,6 +56,9 @@ COLUMN_TYPES: dict[str, str] = {
     ),
     **dict.fromkeys(("events", "errors", "value", "batch_id", "input_rows", "lag"), INT),
     **dict.fromkeys(
+        ("late_dropped", "duplicates_removed", "state_rows", "state_memory_bytes"), INT
+    ),
+    **dict.fromkeys(
         (
             "event_type",
             "country",
@@ -73,6 +76,7 @@ COLUMN_TYPES: dict[str, str] = {
             "reason",
             "name",
             "job",
+            "state_operators",
         ),
         TEXT,
     ),

@@ -9,6 +9,7 @@ a laptop.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -48,11 +49,24 @@ def _has_connector(spark) -> bool:
     return "spark-sql-kafka-0-10" in jars
 
 
+def default_shuffle_partitions(master: str) -> int:
+    """State and shuffles spread over this many partitions: one per local core (at least 2, so
+    the state store is partitioned as on a cluster), else 4 (`spark.sql.shuffle.partitions`
+    in `conf` overrides it; on a real cluster, a few per executor core)."""
+    found = re.fullmatch(r"local\[(\d+|\*)(?:,\s*\d+)?\]", master.strip())
+    if master.strip() == "local":
+        return 2
+    if found:
+        cores = (os.cpu_count() or 2) if found.group(1) == "*" else int(found.group(1))
+        return max(2, cores)
+    return 4
+
+
 def get_spark(
     app_name: str = "clickstream",
     master: str | None = None,
     ui: bool = False,
-    shuffle_partitions: int = 4,
+    shuffle_partitions: int | None = None,
     settings: Settings | None = None,
     conf: dict[str, str] | None = None,
 ):
@@ -76,6 +90,8 @@ def get_spark(
     check_connector(jars)
     jars = jars + ensure_jdbc_jars(settings)
     master = master or settings.spark_master
+    if shuffle_partitions is None:
+        shuffle_partitions = default_shuffle_partitions(master)
     java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} -Dlog4j.configurationFile=file:{LOG4J_CONFIG}"
     builder = (
         SparkSession.builder.appName(app_name)

@@ -1,62 +1,39 @@
 """The streaming job (`clickstream stream`): Kafka -> Spark Structured Streaming -> serving store.
 
-One Spark streaming query reads the raw topic; its `foreachBatch` hands each micro-batch to an
-incremental engine that maintains every metric by event time and writes the results with
-`Store.write_batch(job, batch_id, ...)`. Metrics (store names in brackets):
+The job is built from Spark's own operators, the functions of `clickstream.pipeline` that the
+notebooks build step by step; every per-event step runs on the executors, all state lives in
+Spark's state store (RocksDB), and the driver only receives aggregated rows:
 
-- events per window and event type [traffic]; by country, device and category [segments];
-  views, add-to-carts, purchases and revenue per product [products]; exact distinct users
-  [active_users]; sessions that viewed a product, then added to cart, then purchased [funnel];
-  events, errors and error rate [errors] -- all per window (tumbling, or sliding with a slide);
-- gap-based session windows per user and session id [sessions]; page-to-page transitions
-  within sessions [paths]; anomaly alerts on the error rate and traffic [alerts] (also sent to
-  the alerts topic); records that break the contract per reason [quarantine] (also sent,
-  each with its reason, to the quarantine topic); and totals [counters]: records,
-  quarantined, late_dropped, duplicates_removed, events.
+    read_kafka -> contract_checked -> with_watermark -> unique_events -> metric_facts
+               -> window_metrics        the windows query (update mode, checkpoint `spark/`):
+                                        traffic, segments, products, active_users, funnel and
+                                        errors per window, quarantine counts, totals
+    read_kafka -> contract_checked -> with_watermark -> session_metrics
+                                        the sessions query (append mode, `sessions/`): sessions
+                                        and page paths, once the watermark passes a session's end
+    read_kafka -> contract_checked -> quarantine_messages
+                                        quarantined records to the quarantine topic (Spark's
+                                        Kafka sink, `quarantine/`), when one is set
 
-Why one query and our own state, rather than one Spark query per metric with Spark's state
-------------------------------------------------------------------------------------------
-Several queries on one source each plan their own micro-batches and therefore advance their own
-watermark: the same late event can be counted in one metric and dropped in another, and the
-number dropped (`numRowsDroppedByWatermark`) is only reported after a batch has committed, so it
-cannot be written atomically with the batch and is lost or doubled by a crash. Spark's session
-windows in update mode also change their key (the window end) as sessions grow, which an upsert
-store cannot follow. So the job is one query whose `foreachBatch` does, for each batch:
+Why two stateful queries: the windowed metrics must be updated as events arrive (update mode),
+and Spark supports session windows in append mode only, and one streaming aggregation per
+query in update mode. Both queries apply the same contract and the same watermark rule to the
+same records, so, as the tests check, they agree with one ground truth.
 
-1. validate every record with `events.parse_value` (the contract itself, so quarantine is
-   exactly what `events.validate` rejects, with the same reason codes);
-2. drop events older than the batch's watermark (the largest event time of earlier batches
-   minus the delay, as Spark defines it) and count them -- one decision for every metric. As
-   in Spark, the watermark is global: a batch that reads one partition further ahead in event
-   time than another (Spark splits `maxOffsetsPerTrigger` by backlog) moves it for all;
-3. drop repeated event ids (ids are kept while their event time is above the watermark: an
-   older repeat would be dropped as late anyway) and count them;
-4. update the windows, sessions, paths and funnels, then advance the watermark: windows,
-   sessions and paths it has passed are final; closed windows feed the anomaly detector in
-   window order, which makes alerts a function of the data alone.
+Exactly-once. Spark's checkpoint fixes each batch's offsets (and its watermark and clock) before
+it runs, and Spark's state store versions its state per batch, so a replayed batch produces the
+same rows. `foreachBatch` writes them with `Store.write_batch(job, batch_id, ...)`: one
+transaction that applies each (job, batch) once, every row an absolute value. Path counts grow
+as sessions close; they are added to the stored counts in that same transaction, so they are
+exactly-once too. Alerts: the anomaly detector runs on the driver, fed closed windows in order
+(their final counts, from the store) and its own small state is saved as JSON per batch beside
+the checkpoint. Topic outputs (alerts, quarantined records) are at-least-once.
 
-Exactly-once. Spark's checkpoint fixes the Kafka offsets of every batch before it runs, so a
-replayed batch has the same records. The engine's state after batch N is saved as a file named
-N in the checkpoint (written atomically, before the store write), and batch N starts from state
-N-1. The store applies each (job, batch_id) once, in one transaction, with every row an upsert
-of an absolute value. A job killed at any moment therefore resumes from consistent state: a
-batch the store already holds is skipped, any other batch is recomputed from the same state and
-records, giving the same rows. Topic outputs (alerts, quarantined records) are sent before the
-store write, so they are at-least-once: keyed by alert id / source offset for de-duplication.
-
-Active users are exact (a set of user ids per open window): state is bounded by the watermark
-(only windows not yet closed hold sets), a few thousand ids at course scale, and exact numbers
-can be checked against the ground truth; at millions of users per window an HyperLogLog sketch
-(`approx_count_distinct`) would be the right trade.
-
-Order within a session is event time, then event id. Sessions are gap-based (an event joins a
-session if it falls within `session_gap` of it, as `F.session_window` does) per (user_id,
-session_id), and are written once the watermark passes their end (last event + gap). Paths
-are transitions between consecutive events of one session, by page kind (home, category,
-product, search, cart, checkout, error), counted in the window of the later event once the
-watermark passes it (so a late-but-accepted event is put in its place first). The funnel counts,
-per window, sessions with a product view, then an add-to-cart after it, then a purchase after
-that, within the window. Segment values that are absent are written as "-".
+Counters: `records` (from the batch's Kafka offsets), `events` and `quarantined` (Spark state)
+are exact; `late_dropped` and `duplicates_removed` are Spark's operator metrics
+(`numRowsDroppedByWatermark`, `numDroppedDuplicateRows`), which Spark reports once a batch has
+committed: they are added with the next batch, so a batch that ran just before a crash or a
+stop may be missing from them.
 """
 
 from __future__ import annotations
@@ -64,11 +41,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -80,11 +56,13 @@ from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
 from clickstream.serving import Store, open_store
 
-JOB = "stream"
-STATE_VERSION = 1
+JOB = "stream"  # the windows query's batches in the store
+SESSIONS_JOB = "stream-sessions"  # the sessions query's batches
+STATE_VERSION = 2
 MISSING = "-"  # segment value when the event does not say
 DEFAULT_ALERTS_TOPIC = "clickstream_alerts"
 DEFAULT_QUARANTINE_TOPIC = "clickstream_quarantine"
+DEFAULT_MAX_OFFSETS_PER_TRIGGER = 100_000  # a backlog is read in bounded micro-batches
 COUNTERS = ("records", "quarantined", "late_dropped", "duplicates_removed", "events")
 
 _US = 1_000_000
@@ -156,7 +134,17 @@ def to_us(dt: datetime) -> int:
     return (dt - _EPOCH) // _ONE_US
 
 
-# -- what the job computes ---------------------------------------------------------------------
+def _run_only(df) -> None:
+    """Run a micro-batch's DataFrame and throw its rows away (Spark's noop sink)."""
+    df.write.format("noop").mode("overwrite").save()
+
+
+def _parse_iso(text: str) -> int:
+    """'2026-11-28T10:15:00Z' -> epoch microseconds."""
+    return to_us(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+# -- configuration -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Spec:
     """The event-time settings every metric shares, in microseconds."""
@@ -166,415 +154,7 @@ class Spec:
     delay_us: int
     gap_us: int
 
-    def window_starts(self, t: int) -> list[int]:
-        """Starts of the windows [s, s + window) holding t; s is a multiple of the slide."""
-        last = t - t % self.slide_us
-        starts = []
-        s = last
-        while s > t - self.window_us:
-            starts.append(s)
-            s -= self.slide_us
-        starts.reverse()
-        return starts
 
-
-def page_kind(event_type: str, page: str) -> str:
-    """The step a path is made of: home, category, product, search, cart, checkout, error."""
-    if event_type == "page_view":
-        if page == "/" or page == "":
-            return "home"
-        for prefix, kind in _PAGE_KINDS:
-            if page.startswith(prefix):
-                return kind
-        return "other"
-    return _EVENT_STEPS.get(event_type, "other")
-
-
-_PAGE_KINDS = (
-    ("/product/", "product"),
-    ("/category/", "category"),
-    ("/search", "search"),
-    ("/cart", "cart"),
-    ("/checkout", "checkout"),
-)
-_EVENT_STEPS = {
-    "search": "search",
-    "add_to_cart": "cart",
-    "remove_from_cart": "cart",
-    "purchase": "checkout",
-    "error": "error",
-}
-_FUNNEL_CODE = {"add_to_cart": 1, "purchase": 2}
-
-
-def funnel_stage(steps: Iterable[tuple[int, str, int]]) -> int:
-    """0..3: how far a session got through view -> cart -> purchase, in (time, id) order."""
-    stage = 0
-    for _, _, code in sorted(steps):
-        if code == stage:
-            stage += 1
-            if stage == 3:
-                break
-    return stage
-
-
-class Window:
-    """The running aggregates of one window."""
-
-    __slots__ = ("traffic", "segments", "products", "users", "funnel")
-
-    def __init__(self) -> None:
-        self.traffic: dict[str, int] = {}
-        self.segments: dict[tuple[str, str, str], int] = {}
-        self.products: dict[str, list] = {}  # product -> [category, views, carts, purchases, cents]
-        self.users: set[str] = set()
-        self.funnel: dict[tuple[str, str], list[tuple[int, str, int]]] = {}
-
-    def __getstate__(self):
-        return (self.traffic, self.segments, self.products, self.users, self.funnel)
-
-    def __setstate__(self, state):
-        self.traffic, self.segments, self.products, self.users, self.funnel = state
-
-
-@dataclass
-class JobState:
-    """Everything the job carries from one batch to the next (saved per batch id)."""
-
-    batch_id: int = -1
-    max_us: int | None = None
-    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    quarantine: dict[str, int] = field(default_factory=dict)
-    seen: dict[str, int] = field(default_factory=dict)  # event_id -> event time
-    windows: dict[int, Window] = field(default_factory=dict)
-    sessions: dict[tuple[str, str], list[list[int]]] = field(default_factory=dict)
-    paths: dict[tuple[str, str], list] = field(default_factory=dict)  # [last, pending]
-    path_counts: dict[int, dict[tuple[str, str], int]] = field(default_factory=dict)
-    first_window: int | None = None
-    next_detect: int | None = None
-    detector: dict | None = None  # AnomalyDetector state (open alerts included)
-
-    def watermark(self, delay_us: int) -> int | None:
-        return None if self.max_us is None else self.max_us - delay_us
-
-
-@dataclass
-class BatchResult:
-    """What one batch produced: store rows, topic messages, and numbers for health/progress."""
-
-    rows: dict[str, list[dict]]
-    alerts: list[dict]
-    quarantined: list[tuple[str, int, int, bytes | None]]  # reason, partition, offset, value
-    records: int = 0
-    accepted: int = 0
-    late: int = 0
-    duplicates: int = 0
-    invalid: int = 0
-    watermark_us: int | None = None
-    max_us: int | None = None
-
-
-class Engine:
-    """The per-batch logic, pure Python: `process(state, records)` updates state, returns rows.
-
-    Independent of Spark, so it can be unit-tested and reasoned about on its own; the Spark
-    job feeds it micro-batches of (partition, offset, value).
-    """
-
-    def __init__(
-        self,
-        spec: Spec,
-        detector: DetectorConfig | None = None,
-        categories: dict[str, str] | None = None,
-        max_ahead: timedelta = events.DEFAULT_MAX_AHEAD,
-    ) -> None:
-        self.spec = spec
-        self.detector_config = detector or DetectorConfig()
-        if categories is None:
-            from clickstream.simulator import load_catalogue
-
-            categories = {p.product_id: p.category for p in load_catalogue()}
-        self.categories = categories
-        self.max_ahead = max_ahead
-        self._iso: dict[int, str] = {}
-
-    def process(
-        self,
-        state: JobState,
-        records: Iterable[tuple[int, int, Any]],
-        now: datetime | None = None,
-    ) -> BatchResult:
-        """Apply one micro-batch of (partition, offset, raw value) in offset order.
-
-        `now` is the batch's clock (Spark's batch timestamp, the same when a batch is replayed):
-        event times more than `max_ahead` past it, or before 2000, are quarantined."""
-        now = now or datetime.now(UTC)
-        spec = self.spec
-        wm = state.watermark(spec.delay_us)
-        counters = state.counters
-        result = BatchResult(rows={}, alerts=[], quarantined=[])
-        touched: set[int] = set()
-        reasons: set[str] = set()
-        batch_max = state.max_us
-        for partition, offset, value in sorted(records, key=lambda r: (r[0], r[1])):
-            result.records += 1
-            event, reason = events.parse_value(value)
-            if reason is not None:
-                state.quarantine[reason] = state.quarantine.get(reason, 0) + 1
-                reasons.add(reason)
-                result.invalid += 1
-                result.quarantined.append((reason, partition, offset, value))
-                continue
-            when = events.parse_event_time(event["event_time"])
-            reason = events.event_time_range_reason(when, now, self.max_ahead)
-            if reason is not None:
-                state.quarantine[reason] = state.quarantine.get(reason, 0) + 1
-                reasons.add(reason)
-                result.invalid += 1
-                result.quarantined.append((reason, partition, offset, value))
-                continue
-            t = to_us(when)
-            if batch_max is None or t > batch_max:
-                batch_max = t
-            if wm is not None and t < wm:
-                result.late += 1
-                continue
-            event_id = event["event_id"]
-            if event_id in state.seen:
-                result.duplicates += 1
-                continue
-            state.seen[event_id] = t
-            result.accepted += 1
-            self._add(state, event, t, touched)
-        counters["records"] += result.records
-        counters["quarantined"] += result.invalid
-        counters["late_dropped"] += result.late
-        counters["duplicates_removed"] += result.duplicates
-        counters["events"] += result.accepted
-        state.max_us = batch_max
-        new_wm = state.watermark(spec.delay_us)
-        result.max_us, result.watermark_us = batch_max, new_wm
-        rows = result.rows
-        self._window_rows(state, touched, rows)
-        if new_wm is not None:
-            self._advance(state, new_wm, rows, result)
-        rows["quarantine"] = [{"reason": r, "count": state.quarantine[r]} for r in sorted(reasons)]
-        rows["counters"] = [{"name": n, "value": v} for n, v in counters.items()]
-        return result
-
-    # -- one accepted event --------------------------------------------------------------------
-    def _add(self, state: JobState, event: dict, t: int, touched: set[int]) -> None:
-        spec = self.spec
-        event_type, page = event["event_type"], event["page"]
-        user, session = event["user_id"], event["session_id"]
-        product = event.get("product_id")
-        if product:
-            category = self.categories.get(product, MISSING)
-        elif page.startswith("/category/"):
-            category = page[len("/category/") :] or MISSING
-        else:
-            category = MISSING
-        segment = (event.get("country") or MISSING, event.get("device") or MISSING, category)
-        if event_type == "page_view":
-            code = 0 if product else None
-        else:
-            code = _FUNNEL_CODE.get(event_type)
-        event_id = event["event_id"]
-        starts = spec.window_starts(t)
-        if state.first_window is None or starts[0] < state.first_window:
-            state.first_window = starts[0]
-        for start in starts:
-            window = state.windows.get(start)
-            if window is None:
-                window = state.windows[start] = Window()
-            touched.add(start)
-            window.traffic[event_type] = window.traffic.get(event_type, 0) + 1
-            window.segments[segment] = window.segments.get(segment, 0) + 1
-            window.users.add(user)
-            if product and event_type in ("page_view", "add_to_cart", "purchase"):
-                stats = window.products.get(product)
-                if stats is None:
-                    stats = window.products[product] = [category, 0, 0, 0, 0]
-                if event_type == "page_view":
-                    stats[1] += 1
-                elif event_type == "add_to_cart":
-                    stats[2] += 1
-                else:
-                    stats[3] += 1
-                    price = event.get("price")
-                    stats[4] += round(price * 100) if price is not None else 0
-            if code is not None:
-                window.funnel.setdefault((user, session), []).append((t, event_id, code))
-        self._add_to_session(state, (user, session), t)
-        path = state.paths.get((user, session))
-        if path is None:
-            path = state.paths[(user, session)] = [None, []]
-        path[1].append((t, event_id, page_kind(event_type, page)))
-
-    def _add_to_session(self, state: JobState, key: tuple[str, str], t: int) -> None:
-        """Merge t into the key's open gap-sessions, as session windows merge."""
-        gap = self.spec.gap_us
-        merged = [t, t, 1]
-        remaining = state.sessions.get(key, [])
-        changed = True
-        while changed:
-            changed, keep = False, []
-            for s in remaining:
-                if s[0] < merged[1] + gap and merged[0] < s[1] + gap:
-                    merged = [min(merged[0], s[0]), max(merged[1], s[1]), merged[2] + s[2]]
-                    changed = True
-                else:
-                    keep.append(s)
-            remaining = keep
-        remaining.append(merged)
-        remaining.sort()
-        state.sessions[key] = remaining
-
-    # -- rows of the windows a batch changed -----------------------------------------------------
-    def _window_rows(self, state: JobState, touched: set[int], rows: dict[str, list]) -> None:
-        size = self.spec.window_us
-        traffic, segments, products, users, funnel, errors = ([] for _ in range(6))
-        for start in sorted(touched):
-            w = state.windows[start]
-            bounds = {
-                "window_start": _iso(start, self._iso),
-                "window_end": _iso(start + size, self._iso),
-            }
-            for event_type, n in sorted(w.traffic.items()):
-                traffic.append({**bounds, "event_type": event_type, "count": n})
-            for (country, device, category), n in sorted(w.segments.items()):
-                segments.append(
-                    {
-                        **bounds,
-                        "country": country,
-                        "device": device,
-                        "category": category,
-                        "count": n,
-                    }
-                )
-            for product, (category, views, carts, purchases, cents) in sorted(w.products.items()):
-                products.append(
-                    {
-                        **bounds,
-                        "product_id": product,
-                        "category": category,
-                        "views": views,
-                        "carts": carts,
-                        "purchases": purchases,
-                        "revenue": cents / 100,
-                    }
-                )
-            users.append({**bounds, "users": len(w.users)})
-            stages = [funnel_stage(steps) for steps in w.funnel.values()]
-            funnel.append(
-                {
-                    **bounds,
-                    "viewed": sum(s >= 1 for s in stages),
-                    "carted": sum(s >= 2 for s in stages),
-                    "purchased": sum(s >= 3 for s in stages),
-                }
-            )
-            total = sum(w.traffic.values())
-            bad = w.traffic.get("error", 0)
-            errors.append({**bounds, "events": total, "errors": bad, "error_rate": bad / total})
-        rows.update(
-            traffic=traffic,
-            segments=segments,
-            products=products,
-            active_users=users,
-            funnel=funnel,
-            errors=errors,
-        )
-
-    # -- the watermark moves: finalise what it passed ------------------------------------------
-    def _advance(self, state: JobState, wm: int, rows: dict[str, list], result) -> None:
-        spec = self.spec
-        size, gap = spec.window_us, spec.gap_us
-        # Paths: events below the watermark are final, so their order is too.
-        path_touched: set[int] = set()
-        for key in list(state.paths):
-            last, pending = state.paths[key]
-            if pending:
-                pending.sort()
-                i = 0
-                while i < len(pending) and pending[i][0] < wm:
-                    step = pending[i]
-                    if last is not None and step[0] - last[0] < gap:
-                        transition = (last[2], step[2])
-                        for start in spec.window_starts(step[0]):
-                            counts = state.path_counts.get(start)
-                            if counts is None:
-                                counts = state.path_counts[start] = {}
-                            counts[transition] = counts.get(transition, 0) + 1
-                            path_touched.add(start)
-                    last = step
-                    i += 1
-                pending = pending[i:]
-                state.paths[key] = [last, pending]
-            if not pending and last is not None and last[0] + gap <= wm:
-                del state.paths[key]
-        rows["paths"] = [
-            {
-                "window_start": _iso(start, self._iso),
-                "window_end": _iso(start + size, self._iso),
-                "from_page": a,
-                "to_page": b,
-                "count": n,
-            }
-            for start in sorted(path_touched)
-            for (a, b), n in sorted(state.path_counts[start].items())
-        ]
-        for start in [s for s in state.path_counts if s + size <= wm]:
-            del state.path_counts[start]
-        # Sessions whose end (last event + gap) the watermark passed can no longer grow.
-        closed = []
-        for key in list(state.sessions):
-            open_ = []
-            for s in state.sessions[key]:
-                if s[1] + gap <= wm:
-                    closed.append((key, s))
-                else:
-                    open_.append(s)
-            if open_:
-                state.sessions[key] = open_
-            else:
-                del state.sessions[key]
-        rows["sessions"] = [
-            {
-                "window_start": _iso(s[0]),
-                "window_end": _iso(s[1] + gap),
-                "user_id": user,
-                "session_id": session,
-                "duration_s": (s[1] - s[0]) / _US,
-                "events": s[2],
-            }
-            for (user, session), s in sorted(closed, key=lambda x: (x[1][0], x[0]))
-        ]
-        # Closed windows feed the anomaly detector in window order, empty ones included.
-        if state.next_detect is None and state.first_window is not None:
-            state.next_detect = state.first_window
-        changed: dict[str, dict] = {}
-        if state.next_detect is not None and state.next_detect + size <= wm:
-            detector = AnomalyDetector(self.detector_config, state.detector)
-            start = state.next_detect
-            while start + size <= wm:
-                w = state.windows.get(start)
-                n = sum(w.traffic.values()) if w else 0
-                e = w.traffic.get("error", 0) if w else 0
-                for alert in detector.update(start, start + size, n, e):
-                    changed[alert.alert_id] = alert.row()
-                    result.alerts.append(alert.row())
-                start += spec.slide_us
-            state.next_detect = start
-            state.detector = detector.state()
-        rows["alerts"] = [changed[k] for k in sorted(changed)]
-        for start in [s for s in state.windows if s + size <= wm]:
-            del state.windows[start]
-        # An id older than the watermark cannot come back without being dropped as late.
-        state.seen = {k: t for k, t in state.seen.items() if t >= wm}
-
-
-# -- configuration -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StreamConfig:
     """What `clickstream stream` runs. `StreamConfig.create(...)` fills defaults from settings."""
@@ -589,7 +169,8 @@ class StreamConfig:
     session_gap: str = "30 minutes"
     trigger: str = "1 second"
     available_now: bool = False
-    max_offsets_per_trigger: int | None = None
+    max_offsets_per_trigger: int | None = DEFAULT_MAX_OFFSETS_PER_TRIGGER
+    max_ahead: str = "1 day"  # event times further past the batch's clock are quarantined
     alerts_topic: str | None = DEFAULT_ALERTS_TOPIC
     quarantine_topic: str | None = DEFAULT_QUARANTINE_TOPIC
     master: str | None = None
@@ -632,6 +213,7 @@ class StreamConfig:
             raise StreamJobError(f"--slide {self.slide!r} is longer than --window {self.window!r}.")
         if gap < _US:
             raise StreamJobError(f"--session-gap {self.session_gap!r} must be at least 1 second.")
+        duration_us(self.max_ahead, "--max-ahead")
         return Spec(window_us=window, slide_us=slide, delay_us=delay, gap_us=gap)
 
     def identity(self) -> dict:
@@ -646,56 +228,6 @@ class StreamConfig:
             "session_gap_us": spec.gap_us,
             "state_version": STATE_VERSION,
         }
-
-
-# -- state files in the checkpoint -------------------------------------------------------------
-class StateFiles:
-    """JobState after batch N, saved as `state/N` (atomically) next to Spark's checkpoint."""
-
-    def __init__(self, directory: Path):
-        self.dir = Path(directory)
-
-    def path(self, batch_id: int) -> Path:
-        return self.dir / str(batch_id)
-
-    def exists(self, batch_id: int) -> bool:
-        return batch_id < 0 or self.path(batch_id).exists()
-
-    def load(self, batch_id: int) -> JobState:
-        if batch_id < 0:
-            return JobState()
-        path = self.path(batch_id)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CheckpointMismatchError(
-                f"The job's state after batch {batch_id} is missing from {self.dir}, so batch "
-                f"{batch_id + 1} cannot be computed exactly. Start over with "
-                "`clickstream stream --reset`."
-            ) from None
-        header, _, body = data.partition(b"\n")
-        if header != f"clickstream-state v{STATE_VERSION}".encode():
-            raise CheckpointMismatchError(
-                f"{path} was written by another version of the streaming job ({header[:40]!r}). "
-                "Start over with `clickstream stream --reset`."
-            )
-        state = pickle.loads(body)
-        state.batch_id = batch_id
-        return state
-
-    def save(self, state: JobState) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.path(state.batch_id)
-        tmp = path.with_name(f".{path.name}.tmp")
-        header = f"clickstream-state v{STATE_VERSION}\n".encode()
-        tmp.write_bytes(header + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-
-    def prune(self, keep_from: int) -> None:
-        """Delete states older than `keep_from` (the newest two are all a restart needs)."""
-        for item in self.dir.glob("*"):
-            if item.name.isdigit() and int(item.name) < keep_from:
-                item.unlink(missing_ok=True)
 
 
 # -- Spark's checkpoint, read before Spark starts ------------------------------------------------
@@ -749,10 +281,110 @@ def batch_end_offsets(spark_dir: Path, batch_id: int, topic: str) -> dict[int, i
     return None
 
 
+def batch_info(spark_dir: Path, batch_id: int) -> dict:
+    """What Spark fixed for a batch before running it, from its offset log: the watermark and
+    clock it runs with, and the Kafka offsets it reads up to ({} if the log cannot be read)."""
+    try:
+        lines = (spark_dir / "offsets" / str(batch_id)).read_text().splitlines()
+        meta = json.loads(lines[1])
+    except (OSError, IndexError, ValueError):
+        return {}
+    ends: dict = {}
+    for line in lines[2:]:
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            ends.update(parsed)
+    return {
+        "watermark_ms": meta.get("batchWatermarkMs", 0),
+        "timestamp_ms": meta.get("batchTimestampMs"),
+        "offsets": ends,
+    }
+
+
+def initial_offsets(spark_dir: Path) -> dict:
+    """The Kafka offsets the query started from (Spark's `sources/0/0`), {} if unknown."""
+    try:
+        text = (spark_dir / "sources" / "0" / "0").read_text(errors="replace")
+    except OSError:
+        return {}
+    start = text.find("{")
+    try:
+        return json.loads(text[start:]) if start >= 0 else {}
+    except ValueError:
+        return {}
+
+
+def records_through(spark_dir: Path, batch_id: int, topic: str) -> int | None:
+    """Kafka records the query has read up to the end of batch `batch_id` (0 before the
+    first batch): its end offsets minus the offsets it started from."""
+    if batch_id < 0:
+        return 0
+    end = batch_info(spark_dir, batch_id).get("offsets", {}).get(topic)
+    if end is None:
+        return None
+    begin = initial_offsets(spark_dir).get(topic, {})
+    return sum(max(0, int(o) - int(begin.get(p, 0))) for p, o in end.items())
+
+
+def records_in_batch(spark_dir: Path, batch_id: int, topic: str) -> int | None:
+    """Kafka records batch `batch_id` read: its end offsets minus the previous batch's."""
+    end = batch_info(spark_dir, batch_id).get("offsets", {}).get(topic)
+    if end is None:
+        return None
+    if batch_id == 0:
+        begin = initial_offsets(spark_dir).get(topic, {})
+    else:
+        begin = batch_info(spark_dir, batch_id - 1).get("offsets", {}).get(topic, {})
+    return sum(max(0, int(o) - int(begin.get(p, 0))) for p, o in end.items())
+
+
+# -- the detector's state, per batch -----------------------------------------------------------
+class DetectorFiles:
+    """The anomaly detector's state after batch N, as JSON in `detector/N.json` (atomically)."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+
+    def path(self, batch_id: int) -> Path:
+        return self.dir / f"{batch_id}.json"
+
+    def exists(self, batch_id: int) -> bool:
+        return batch_id < 0 or self.path(batch_id).exists()
+
+    def load(self, batch_id: int) -> dict:
+        if batch_id < 0:
+            return {}
+        try:
+            return json.loads(self.path(batch_id).read_text())
+        except FileNotFoundError:
+            raise CheckpointMismatchError(
+                f"The anomaly detector's state after batch {batch_id} is missing from "
+                f"{self.dir}, so batch {batch_id + 1} cannot be computed exactly. Start over with "
+                "`clickstream stream --reset`."
+            ) from None
+
+    def save(self, batch_id: int, state: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(batch_id)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+
+    def prune(self, keep_from: int) -> None:
+        """Delete states older than `keep_from` (the newest two are all a restart needs)."""
+        for item in self.dir.glob("*.json"):
+            stem = item.name[: -len(".json")]
+            if stem.isdigit() and int(stem) < keep_from:
+                item.unlink(missing_ok=True)
+
+
 # -- the job -----------------------------------------------------------------------------------
 @dataclass
 class RunSummary:
-    """What a run did (this process only)."""
+    """What a run did (this process only): batches of the windows query."""
 
     batches: int = 0
     skipped: int = 0
@@ -772,6 +404,59 @@ class RunSummary:
         )
 
 
+@dataclass
+class Queries:
+    """The job's streaming DataFrames, as `build_queries` assembles them."""
+
+    windows: Any
+    sessions: Any
+    quarantine: Any | None
+
+
+def build_queries(spark, config: StreamConfig, categories: dict[str, str] | None = None):
+    """The job's queries from `clickstream.pipeline`'s steps (what notebooks 03-06 build)."""
+    from clickstream import pipeline as P
+
+    if categories is None:
+        from clickstream.simulator import load_catalogue
+
+        categories = {p.product_id: p.category for p in load_catalogue()}
+    raw = P.read_kafka(
+        spark,
+        config.topic,
+        config.bootstrap_servers,
+        starting_offsets="earliest",
+        max_offsets_per_trigger=config.max_offsets_per_trigger,
+        options={
+            # The preflight check explains a changed topic; at run time, fail rather than skip.
+            "failOnDataLoss": "true",
+            # A task reads a fixed offset range; the consumer's default fetch wait (500 ms)
+            # would hold up the batch whenever a fetch finds fewer bytes than it asked for.
+            "kafka.fetch.max.wait.ms": "20",
+        },
+    )
+
+    # Durations as Spark reads them ('90s' and '2 min' are ours, not Spark's interval syntax).
+    def spark_interval(text: str | None) -> str | None:
+        if text is None:
+            return None
+        us = duration_us(text)
+        return f"{us // _US} seconds" if us % _US == 0 else f"{us // 1000} milliseconds"
+
+    window, slide = spark_interval(config.window), spark_interval(config.slide)
+    delay = spark_interval(config.watermark)
+    checked = P.contract_checked(raw, max_ahead=spark_interval(config.max_ahead))
+    watermarked = P.with_watermark(checked, delay)
+    facts = P.metric_facts(P.unique_events(watermarked), categories, window, slide, delay)
+    return Queries(
+        windows=P.window_metrics(facts),
+        sessions=P.session_metrics(watermarked, spark_interval(config.session_gap), window, slide),
+        quarantine=(
+            P.quarantine_messages(checked, config.topic) if config.quarantine_topic else None
+        ),
+    )
+
+
 class StreamJob:
     """The streaming job. `start()` returns a handle (stop, await_termination); see also
     `run_available_now`. Pass `spark` to reuse a session (notebooks, tests)."""
@@ -781,35 +466,39 @@ class StreamJob:
         config: StreamConfig,
         spark=None,
         echo: Callable[[str], Any] | None = None,
-        engine: Engine | None = None,
     ) -> None:
         self.config = config
         self.spec = config.spec()
-        self.engine = engine or Engine(self.spec, config.detector)
         self.spark = spark
         self.echo = echo or (lambda message: None)
         self.checkpoint = Path(config.checkpoint)
         self.spark_dir = self.checkpoint / "spark"
-        self.states = StateFiles(self.checkpoint / "state")
+        self.sessions_dir = self.checkpoint / "sessions"
+        self.quarantine_dir = self.checkpoint / "quarantine"
+        self.detector_files = DetectorFiles(self.checkpoint / "detector")
         self.store: Store | None = None
+        self.sessions_store: Store | None = None
         self.summary = RunSummary()
-        self._state: JobState | None = None
+        self.queries: list = []
         self._producer = None
         self._consumer = None
         self._last_started: float | None = None
-        self._applied: int | None = None  # the store's last batch of this job
+        self._applied: int | None = None  # the store's last batch of the windows query
+        self._sessions_applied: int | None = None
+        self._figures_from: int = -1  # progress reports already added to the counters
+        self._latest: int | None = None  # newest accepted event time (epoch us)
+        self._state_size: dict = {}  # Spark's state store, per operator, as last reported
         self._began = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> StreamHandle:
-        """Check the checkpoint against the topic and store, then start the Spark query."""
-        from clickstream.pipeline import read_kafka
-
+        """Check the checkpoint against the topic and store, then start the Spark queries."""
         self.store = open_store(self.config.store_url)
         try:
             if self.config.reset:
                 self.reset()
             self.preflight()
+            self.sessions_store = open_store(self.config.store_url)
         except BaseException:
             self.close()
             raise
@@ -820,33 +509,56 @@ class StreamJob:
             self.echo("starting Spark...")
             spark = self.spark = get_spark("clickstream-stream", master=self.config.master)
         self.store.use_spark(spark)  # PostgreSQL: batches go in through Spark's JDBC writer
-        raw = read_kafka(
-            spark,
-            self.config.topic,
-            self.config.bootstrap_servers,
-            starting_offsets="earliest",
-            max_offsets_per_trigger=self.config.max_offsets_per_trigger,
-            # The preflight check explains a changed topic; at run time, fail rather than skip.
-            options={"failOnDataLoss": "true"},
-        )
-        writer = (
-            raw.select("partition", "offset", "value")
-            .writeStream.foreachBatch(self._on_batch)
-            .option("checkpointLocation", str(self.spark_dir))
-        )
-        if self.config.available_now:
-            writer = writer.trigger(availableNow=True)
-        else:
-            trigger_ms = max(1, duration_us(self.config.trigger, "--trigger") // 1000)
-            writer = writer.trigger(processingTime=f"{trigger_ms} milliseconds")
+        self.sessions_store.use_spark(spark)
+        built = build_queries(spark, self.config)
+        cfg = self.config
+
+        def trigger(writer):
+            if cfg.available_now:
+                return writer.trigger(availableNow=True)
+            trigger_ms = max(1, duration_us(cfg.trigger, "--trigger") // 1000)
+            return writer.trigger(processingTime=f"{trigger_ms} milliseconds")
+
         self._began = time.monotonic()
-        query = writer.start()
-        return StreamHandle(self, query)
+        try:
+            self.queries.append(
+                trigger(
+                    built.windows.writeStream.outputMode("update")
+                    .queryName(f"{JOB}-windows-{os.getpid()}-{id(self)}")
+                    .foreachBatch(self._on_windows)
+                    .option("checkpointLocation", str(self.spark_dir))
+                ).start()
+            )
+            self.queries.append(
+                trigger(
+                    built.sessions.writeStream.outputMode("append")
+                    .foreachBatch(self._on_sessions)
+                    .option("checkpointLocation", str(self.sessions_dir))
+                ).start()
+            )
+            if built.quarantine is not None:
+                self.queries.append(
+                    trigger(
+                        built.quarantine.writeStream.format("kafka")
+                        .option("kafka.bootstrap.servers", cfg.bootstrap_servers)
+                        .option("topic", cfg.quarantine_topic)
+                        .option("checkpointLocation", str(self.quarantine_dir))
+                    ).start()
+                )
+        except BaseException:
+            for query in self.queries:
+                try:
+                    query.stop()
+                except Exception:  # noqa: BLE001 - the start failure is what matters
+                    pass
+            self.close()
+            raise
+        return StreamHandle(self, self.queries)
 
     def reset(self) -> None:
         """Delete the checkpoint and the store's contents (start over)."""
         if self.checkpoint.exists():
-            ours = {"job.json", "spark", "state"}
+            ours = {"job.json", "spark", "sessions", "quarantine", "detector", "state"}
             found = {p.name for p in self.checkpoint.iterdir()}
             if found - ours:
                 # Never delete a directory the job did not make (a mistyped --checkpoint).
@@ -868,9 +580,10 @@ class StreamJob:
                 except Exception:  # noqa: BLE001 - closing must not hide the real outcome
                     pass
         self._producer = self._consumer = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        for store in (self.store, self.sessions_store):
+            if store is not None:
+                store.close()
+        self.store = self.sessions_store = None
 
     # -- checks before Spark starts ------------------------------------------------------------
     def preflight(self) -> None:
@@ -943,10 +656,22 @@ class StreamJob:
                 f"The store and the checkpoint disagree: {problem}. Continuing would count "
                 "events twice or not at all. Start over with `clickstream stream --reset`."
             )
-        if s >= 0 and not self.states.exists(s):
+        if s >= 0 and not self.detector_files.exists(s):
             raise CheckpointMismatchError(
-                f"The job's state for batch {s} is missing from {self.states.dir}. Start over "
-                "with `clickstream stream --reset`."
+                f"The anomaly detector's state for batch {s} is missing from "
+                f"{self.detector_files.dir}. Start over with `clickstream stream --reset`."
+            )
+        # The sessions query: its own checkpoint and its own batches in the store.
+        _, _, sessions_committed = checkpoint_offsets(self.sessions_dir)
+        self._sessions_applied = self.store.last_batch(SESSIONS_JOB)
+        ss = -1 if self._sessions_applied is None else self._sessions_applied
+        sc = -1 if sessions_committed is None else sessions_committed
+        if ss < sc or (sc < 0 and ss >= 0 and not self.sessions_dir.exists()):
+            raise CheckpointMismatchError(
+                f"The store and the checkpoint disagree: the store {cfg.store_url} holds "
+                f"sessions up to batch {ss}, the checkpoint {self.sessions_dir} has committed "
+                f"{sc}. Continuing would count sessions twice or not at all. Start over with "
+                "`clickstream stream --reset`."
             )
         self.checkpoint.mkdir(parents=True, exist_ok=True)
         meta_path.write_text(json.dumps(identity, indent=2) + "\n")
@@ -991,78 +716,202 @@ class StreamJob:
                     "Start over with `clickstream stream --reset`."
                 )
 
-    # -- one micro-batch -----------------------------------------------------------------------
-    def _on_batch(self, df, batch_id: int) -> None:
-        try:
-            self._run_batch(df, batch_id)
-        except Exception:
-            self._state = None  # may be half-updated: reload from its file next time
-            raise
-
-    def _run_batch(self, df, batch_id: int) -> None:
+    # -- the windows query's micro-batches -----------------------------------------------------
+    def _on_windows(self, df, batch_id: int) -> None:
         started = time.time()
         # This job is the store's only writer, so the last applied batch is known after the
         # preflight check and after each write.
-        stored = self._applied
-        if stored is not None and stored >= batch_id:
-            # A batch replayed after a restart that the store already holds: nothing to do.
-            self._state = None
+        if self._applied is not None and self._applied >= batch_id:
+            # A batch replayed after a restart that the store already holds: nothing to write,
+            # but Spark must still run it, so that its state stores commit this batch's version.
+            _run_only(df)
             self.summary.skipped += 1
             self.echo(f"batch {batch_id}: already in the store (replayed after a restart)")
             return
-        state = self._state
-        if state is None or state.batch_id != batch_id - 1:
-            state = self.states.load(batch_id - 1)
-        table = df.toArrow()
-        records = zip(
-            table.column("partition").to_pylist(),
-            table.column("offset").to_pylist(),
-            table.column("value").to_pylist(),
-            strict=True,
-        )
-        result = self.engine.process(state, records, batch_clock(self.spark_dir, batch_id))
-        state.batch_id = batch_id
-        self._publish(result)
-        self.states.save(state)
-        health = self._health(batch_id, result, started)
-        self.store.write_batch(JOB, batch_id, result.rows, health)
+        from clickstream.pipeline import window_metric_rows
+
+        info = batch_info(self.spark_dir, batch_id)
+        watermark_us = info.get("watermark_ms", 0) * 1000
+        total = records_through(self.spark_dir, batch_id, self.config.topic)
+        before = records_through(self.spark_dir, batch_id - 1, self.config.topic)
+        records = max(0, (total or 0) - (before or 0))
+        rows, totals = window_metric_rows(df.collect())  # aggregated rows only
+        store = self.store
+        counters = {k: int(v) for k, v in store.counters().items()}
+        # Absolute, from the offsets: the records of every batch up to this one.
+        counters["records"] = total if total is not None else counters.get("records", 0) + records
+        for name in ("events", "quarantined"):
+            if name in totals:
+                counters[name] = totals[name]
+        late, duplicates = self._spark_figures(batch_id)
+        counters["late_dropped"] = counters.get("late_dropped", 0) + late
+        counters["duplicates_removed"] = counters.get("duplicates_removed", 0) + duplicates
+        if "latest" in totals:
+            self._latest = to_us(totals["latest"].replace(tzinfo=UTC))
+        alerts = self._detect(batch_id, watermark_us, rows)
+        self._publish_alerts(alerts)
+        rows["alerts"] = alerts
+        rows["counters"] = [{"name": n, "value": counters.get(n, 0)} for n in COUNTERS]
+        health = self._health(batch_id, records, watermark_us, (late, duplicates), started)
+        store.write_batch(JOB, batch_id, rows, health)
         self._applied = batch_id
-        self.states.prune(batch_id - 1)
-        self._state = state
+        self.detector_files.prune(batch_id - 1)
         self._last_started = started
-        self._update_summary(result, state)
+        self._update_summary(records, counters, health)
         self.echo(
-            f"batch {batch_id}: {result.records:,} records ({result.invalid} quarantined, "
-            f"{result.late} late, {result.duplicates} duplicates) in "
-            f"{health['duration_ms'] / 1000:.2f} s; watermark {health['watermark'] or '-'}; "
-            f"lag {health['lag'] if health['lag'] is not None else '-'}"
+            f"batch {batch_id}: {records:,} records ({late} late, {duplicates} duplicates in the "
+            f"batch before) in {health['duration_ms'] / 1000:.2f} s; watermark "
+            f"{health['watermark'] or '-'}; lag {health['lag'] if health['lag'] is not None else '-'}"
         )
 
-    def _update_summary(self, result: BatchResult, state: JobState) -> None:
+    def _spark_figures(self, batch_id: int) -> tuple[int, int]:
+        """Late rows and duplicates Spark's de-duplication dropped in the batches of this run
+        that committed since the last call (Spark reports them after a batch commits), and
+        the state store's size per stateful operator of both queries, as last reported."""
+        if not self.queries:
+            return 0, 0
+        # A query that waits for data repeats its last report with zero figures, so take each
+        # batch's largest figures, and only once.
+        figures: dict[int, tuple[int, int]] = {}
+        for progress in self.queries[0].recentProgress:
+            done = progress["batchId"]
+            if done <= self._figures_from or done >= batch_id:
+                continue
+            late = duplicates = 0
+            for op in progress["stateOperators"]:
+                if op["operatorName"].startswith("dedupe"):
+                    late += op.get("numRowsDroppedByWatermark", 0)
+                    duplicates += op.get("customMetrics", {}).get("numDroppedDuplicateRows", 0)
+            seen = figures.get(done, (0, 0))
+            figures[done] = (max(seen[0], late), max(seen[1], duplicates))
+        late = sum(f[0] for f in figures.values())
+        duplicates = sum(f[1] for f in figures.values())
+        self._figures_from = max(self._figures_from, batch_id - 1)
+        state = {}
+        for query, name in zip(self.queries[:2], ("windows", "sessions"), strict=False):
+            last = query.lastProgress
+            for op in (last or {}).get("stateOperators", []):
+                state[f"{name}.{op['operatorName']}"] = {
+                    "rows": op.get("numRowsTotal", 0),
+                    "memory_bytes": op.get("memoryUsedBytes", 0),
+                }
+        if state:
+            self._state_size = state
+        return late, duplicates
+
+    def _detect(self, batch_id: int, watermark_us: int, rows: dict) -> list[dict]:
+        """Feed the windows the watermark has closed, in order (empty ones too), to the anomaly
+        detector with their final counts; its state after each batch is saved beside the
+        checkpoint."""
+        state = self.detector_files.load(batch_id - 1)
+        spec = self.spec
+        size, slide = spec.window_us, spec.slide_us
+        first = state.get("first_window")
+        starts = [_parse_iso(r["window_start"]) for r in rows["errors"]]
+        if state.get("next_detect") is None and starts:
+            first = min([first, *starts] if first is not None else starts)
+        state["first_window"] = first
+        next_detect = state.get("next_detect")
+        if next_detect is None:
+            next_detect = first
+        changed: dict[str, dict] = {}
+        if next_detect is not None and watermark_us and next_detect + size <= watermark_us:
+            detector = AnomalyDetector.from_json(self.config.detector, state.get("detector"))
+            closed_until = watermark_us - (watermark_us - next_detect) % slide
+            counts = {
+                r["window_start"]: (r["events"], r["errors"])
+                for r in self.store.read(
+                    "errors", since=_iso(next_detect), until=_iso(closed_until + slide)
+                )
+            }
+            # This batch's rows are the newest: Spark drops late events by the previous
+            # batch's watermark, so a window can take its last events in the batch that
+            # closes it (and evicts it from the state).
+            counts.update({r["window_start"]: (r["events"], r["errors"]) for r in rows["errors"]})
+            start = next_detect
+            while start + size <= watermark_us:
+                n, e = counts.get(_iso(start), (0, 0))
+                for alert in detector.update(start, start + size, n, e):
+                    changed[alert.alert_id] = alert.row()
+                start += slide
+            next_detect = start
+            state["detector"] = detector.to_json()
+        state["next_detect"] = next_detect
+        self.detector_files.save(batch_id, state)
+        return [changed[k] for k in sorted(changed)]
+
+    def _update_summary(self, records: int, counters: dict, health: dict) -> None:
         s = self.summary
         s.batches += 1
-        s.records += result.records
-        s.counters = dict(state.counters)
-        s.watermark = _iso(result.watermark_us) if result.watermark_us is not None else None
-        s.max_event_time = _iso(result.max_us) if result.max_us is not None else None
+        s.records += records
+        s.counters = {n: counters.get(n, 0) for n in COUNTERS}
+        s.watermark = health["watermark"]
+        s.max_event_time = health["max_event_time"]
         s.seconds = time.monotonic() - self._began
 
-    def _health(self, batch_id: int, result: BatchResult, started: float) -> dict:
+    def _health(
+        self, batch_id: int, records: int, watermark_us: int, figures: tuple, started: float
+    ) -> dict:
+        late, duplicates = figures
         seconds = max(time.time() - started, 1e-6)
         since_last = started - self._last_started if self._last_started else None
+        latest = self._latest
         return {
-            "input_rows": result.records,
+            "input_rows": records,
             "duration_ms": round(seconds * 1000, 1),
-            "input_rate": result.records / since_last if since_last else None,
-            "processing_rate": result.records / seconds,
-            "max_event_time": _iso(result.max_us) if result.max_us is not None else None,
-            "watermark": _iso(result.watermark_us) if result.watermark_us is not None else None,
+            "input_rate": records / since_last if since_last else None,
+            "processing_rate": records / seconds,
+            "max_event_time": _iso(latest) if latest else None,
+            "watermark": _iso(watermark_us) if watermark_us else None,
             "lag": self._lag(batch_id),
+            "late_dropped": late,
+            "duplicates_removed": duplicates,
+            "state_rows": sum(op["rows"] for op in self._state_size.values()),
+            "state_memory_bytes": sum(op["memory_bytes"] for op in self._state_size.values()),
+            "state_operators": json.dumps(self._state_size, sort_keys=True),
         }
+
+    # -- the sessions query's micro-batches ----------------------------------------------------
+    def _on_sessions(self, df, batch_id: int) -> None:
+        if self._sessions_applied is not None and self._sessions_applied >= batch_id:
+            _run_only(df)  # already in the store; the state stores still commit the batch
+            return
+        from pyspark.sql import functions as F
+
+        from clickstream.pipeline import session_metric_rows
+
+        # Paths come out one row per transition: summed per window on the executors first
+        # (one pass over the batch: a session's row is its own group).
+        grouped = df.groupBy("metric", "window_start", "window_end", "k1", "k2", "duration_us").agg(
+            F.sum("n").alias("n")
+        )
+        session_rows, path_counts = session_metric_rows(grouped.collect())
+        store = self.sessions_store
+        rows = {"sessions": session_rows, "paths": []}
+        if path_counts:
+            # Later sessions add transitions to windows that earlier ones already counted.
+            since = min(k[0] for k in path_counts)
+            until = _iso(_parse_iso(max(k[0] for k in path_counts)) + _US)
+            stored = {
+                (r["window_start"], r["window_end"], r["from_page"], r["to_page"]): r["count"]
+                for r in store.read("paths", since=since, until=until)
+            }
+            rows["paths"] = [
+                {
+                    "window_start": s,
+                    "window_end": e,
+                    "from_page": a,
+                    "to_page": b,
+                    "count": stored.get((s, e, a, b), 0) + n,
+                }
+                for (s, e, a, b), n in sorted(path_counts.items())
+            ]
+        store.write_batch(SESSIONS_JOB, batch_id, rows, {})
+        self._sessions_applied = batch_id
 
     def _lag(self, batch_id: int) -> int | None:
         """Records in the topic beyond this batch's end offsets."""
-        done = batch_end_offsets(self.spark_dir, batch_id, self.config.topic)
+        done = batch_info(self.spark_dir, batch_id).get("offsets", {}).get(self.config.topic)
         if done is None:
             return None
         try:
@@ -1076,93 +925,97 @@ class StreamJob:
                 )
             from kafka import TopicPartition
 
-            tps = [TopicPartition(self.config.topic, p) for p in sorted(done)]
+            tps = [TopicPartition(self.config.topic, int(p)) for p in sorted(done)]
             latest = self._consumer.end_offsets(tps)
         except Exception:  # noqa: BLE001 - lag is informative; never fail a batch over it
             return None
-        return sum(max(0, latest[tp] - done[tp.partition]) for tp in tps)
+        return sum(max(0, latest[tp] - int(done[str(tp.partition)])) for tp in tps)
 
-    def _publish(self, result: BatchResult) -> None:
-        """Alerts and quarantined records to their topics (at-least-once, before the store)."""
+    def _publish_alerts(self, alerts: list[dict]) -> None:
+        """Alerts to the alerts topic (at-least-once: before the store write)."""
         cfg = self.config
-        messages = []
-        if cfg.alerts_topic:
-            for alert in result.alerts:
-                value = {**alert, "source_topic": cfg.topic}
-                messages.append((cfg.alerts_topic, alert["alert_id"], value))
-        if cfg.quarantine_topic:
-            for reason, partition, offset, raw in result.quarantined:
-                value = {
-                    "reason": reason,
-                    "source_topic": cfg.topic,
-                    "partition": partition,
-                    "offset": offset,
-                }
-                try:
-                    value["value"] = raw.decode("utf-8") if raw is not None else None
-                except UnicodeDecodeError:
-                    import base64
-
-                    value["value_base64"] = base64.b64encode(raw).decode("ascii")
-                messages.append((cfg.quarantine_topic, f"{cfg.topic}:{partition}:{offset}", value))
-        if not messages:
+        if not cfg.alerts_topic or not alerts:
             return
         if self._producer is None:
             from clickstream.kafka_io import make_producer
 
             self._producer = make_producer(cfg.bootstrap_servers)
         failures: list[BaseException] = []
-        for topic, key, value in messages:
+        for alert in alerts:
+            value = {**alert, "source_topic": cfg.topic}
             self._producer.send(
-                topic, key=key.encode(), value=events.to_json_bytes(value)
+                cfg.alerts_topic,
+                key=alert["alert_id"].encode(),
+                value=events.to_json_bytes(value),
             ).add_errback(failures.append)
         self._producer.flush()
         if failures:
-            raise StreamJobError(
-                f"{len(failures)} alert/quarantine messages could not be sent: {failures[0]}"
-            )
+            raise StreamJobError(f"{len(failures)} alerts could not be sent: {failures[0]}")
 
 
 class StreamHandle:
-    """A running job: `stop()`, `await_termination()`, `process_all_available()`."""
+    """The running job's queries: `stop()`, `await_termination()`, `process_all_available()`."""
 
-    def __init__(self, job: StreamJob, query) -> None:
+    def __init__(self, job: StreamJob, queries: list) -> None:
         self.job = job
-        self.query = query
+        self.queries = list(queries)
+
+    @property
+    def query(self):
+        """The windows query (progress, lag, batches of the job)."""
+        return self.queries[0]
 
     @property
     def active(self) -> bool:
-        return self.query.isActive
+        return all(q.isActive for q in self.queries)
 
     @property
     def summary(self) -> RunSummary:
         return self.job.summary
 
+    def _failure(self, exc: BaseException) -> ClickstreamError:
+        return explain_failure(exc, self.job.config)
+
     def await_termination(self, timeout: float | None = None) -> bool:
-        """Wait for the query to end (True) or the timeout (False); raise if it failed."""
+        """Wait for every query to end (True) or the timeout (False); raise if one failed.
+        When one query fails, the others are stopped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            if timeout is None:
-                self.query.awaitTermination()
-                ended = True
-            else:
-                ended = bool(self.query.awaitTermination(timeout))
+            while True:
+                for q in self.queries:
+                    if not q.isActive:
+                        q.awaitTermination()  # raises the query's failure, if any
+                if not any(q.isActive for q in self.queries):
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                active = next(q for q in self.queries if q.isActive)
+                active.awaitTermination(0.2)
         except Exception as exc:  # noqa: BLE001 - StreamingQueryException and Py4J errors
+            self._stop_queries()
             self.job.close()
-            raise explain_failure(exc, self.job.config) from exc
-        if ended:
-            self.job.close()
-        return ended
+            raise self._failure(exc) from exc
+        self.job.close()
+        return True
 
     def process_all_available(self) -> None:
         try:
-            self.query.processAllAvailable()
+            for q in self.queries:
+                q.processAllAvailable()
         except Exception as exc:  # noqa: BLE001
-            raise explain_failure(exc, self.job.config) from exc
+            raise self._failure(exc) from exc
+
+    def _stop_queries(self) -> None:
+        for q in self.queries:
+            try:
+                q.stop()
+            except Exception:  # noqa: BLE001 - stop the others whatever happens
+                pass
 
     def stop(self) -> None:
-        """Stop the query (the current batch finishes first) and release connections."""
+        """Stop the queries (each finishes its current batch first) and release connections."""
         try:
-            self.query.stop()
+            self._stop_queries()
         finally:
             self.job.close()
 
