@@ -728,6 +728,13 @@ bench.add_command(bench_dashboard)
     "--trigger", default="1 second", show_default=True, help="Micro-batch interval (continuous)."
 )
 @click.option(
+    "--side-trigger",
+    default="10 seconds",
+    show_default=True,
+    help="Micro-batch interval of the sessions and quarantine queries (continuous): they "
+    "write only when a session closes or a record is rejected.",
+)
+@click.option(
     "--available-now", is_flag=True, help="Process what the topic holds, then exit (backfills)."
 )
 @click.option(
@@ -769,6 +776,7 @@ def stream_command(
     watermark,
     session_gap,
     trigger,
+    side_trigger,
     available_now,
     max_offsets_per_trigger,
     max_ahead,
@@ -798,6 +806,7 @@ def stream_command(
         watermark=watermark,
         session_gap=session_gap,
         trigger=trigger,
+        side_trigger=side_trigger,
         available_now=available_now,
         max_offsets_per_trigger=max_offsets_per_trigger,
         max_ahead=max_ahead,

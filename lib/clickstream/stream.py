@@ -168,6 +168,9 @@ class StreamConfig:
     watermark: str = "2 minutes"
     session_gap: str = "30 minutes"
     trigger: str = "1 second"
+    # The sessions and quarantine queries: what they write changes only when a session closes
+    # or a record is rejected, so they run less often and leave the CPU to the windows query.
+    side_trigger: str = "10 seconds"
     available_now: bool = False
     max_offsets_per_trigger: int | None = DEFAULT_MAX_OFFSETS_PER_TRIGGER
     max_ahead: str = "1 day"  # event times further past the batch's clock are quarantined
@@ -214,6 +217,8 @@ class StreamConfig:
         if gap < _US:
             raise StreamJobError(f"--session-gap {self.session_gap!r} must be at least 1 second.")
         duration_us(self.max_ahead, "--max-ahead")
+        for every, name in ((self.trigger, "--trigger"), (self.side_trigger, "--side-trigger")):
+            duration_us(every, name)
         return Spec(window_us=window, slide_us=slide, delay_us=delay, gap_us=gap)
 
     def identity(self) -> dict:
@@ -513,11 +518,14 @@ class StreamJob:
         built = build_queries(spark, self.config)
         cfg = self.config
 
-        def trigger(writer):
+        def trigger(writer, every: str = cfg.trigger, name: str = "--trigger"):
             if cfg.available_now:
                 return writer.trigger(availableNow=True)
-            trigger_ms = max(1, duration_us(cfg.trigger, "--trigger") // 1000)
+            trigger_ms = max(1, duration_us(every, name) // 1000)
             return writer.trigger(processingTime=f"{trigger_ms} milliseconds")
+
+        def side_trigger(writer):
+            return trigger(writer, cfg.side_trigger, "--side-trigger")
 
         self._began = time.monotonic()
         try:
@@ -530,7 +538,7 @@ class StreamJob:
                 ).start()
             )
             self.queries.append(
-                trigger(
+                side_trigger(
                     built.sessions.writeStream.outputMode("append")
                     .foreachBatch(self._on_sessions)
                     .option("checkpointLocation", str(self.sessions_dir))
@@ -538,7 +546,7 @@ class StreamJob:
             )
             if built.quarantine is not None:
                 self.queries.append(
-                    trigger(
+                    side_trigger(
                         built.quarantine.writeStream.format("kafka")
                         .option("kafka.bootstrap.servers", cfg.bootstrap_servers)
                         .option("topic", cfg.quarantine_topic)

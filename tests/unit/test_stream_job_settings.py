@@ -36,10 +36,14 @@ def test_durations_and_settings_are_checked():
     base = StreamConfig.create(topic="t", store_url="sqlite:///x.db", bootstrap_servers="b:1")
     assert base.spec() == Spec(60 * US, 60 * US, 120 * US, 1800 * US)
     assert base.max_offsets_per_trigger == 100_000 and base.max_ahead == "1 day"
+    # The sessions and quarantine queries run less often than the windows query.
+    assert duration_us(base.side_trigger) > duration_us(base.trigger)
     for bad, match in (
         ({"window": "1500 milliseconds"}, "whole seconds"),
         ({"slide": "2 minutes"}, "longer than"),
         ({"session_gap": "0 seconds"}, "at least 1 second"),
+        ({"trigger": "often"}, "--trigger"),
+        ({"side_trigger": "now and then"}, "--side-trigger"),
     ):
         with pytest.raises(StreamJobError, match=match):
             StreamConfig(**{**base.__dict__, **bad}).spec()
