@@ -65,6 +65,21 @@ def test_contract_checks_in_spark_give_the_reasons_of_events_validate(spark):
         b'{"price": NaN}',
     ]
     values.append(json.dumps({**good, "event_id": "dup-key"})[:-1].encode() + b', "page": "/x"}')
+    # A numeric field named with an escape, or named inside another field's text.
+    no_price = {k: v for k, v in good.items() if k != "price"}
+    for tail in (
+        b', "pr\\u0069ce": "1.5"}',
+        b', "pr\\u0069ce": 2.5}',
+        b', "q": "\\"price\\""}',
+        b', "price": null}',
+        b', "price":null, "price": "x"}',
+        b', "price": "x", "price":null}',
+        b', "q": "price", "price": "x"}',
+        b', "price" :null}',
+    ):
+        values.append(json.dumps(no_price)[:-1].encode() + tail)
+    values.append(events.to_json_bytes({**no_price, "page": '/search?q="price"'}))
+    values.append(events.to_json_bytes({**no_price, "page": "price"}))
     produced = datetime(2026, 11, 28, 12, tzinfo=UTC)
     df = spark.createDataFrame(
         [(v, 0, i, produced) for i, v in enumerate(values)],
