@@ -109,10 +109,18 @@ def test_bench_stream_reports_the_job_beside_a_bare_read(spark, broker_settings)
         broker_settings, count=2000, max_offsets_per_trigger=1000, live_rate=100, live_seconds=3
     )
     figures = report.to_dict()
-    for key in ("read_parse_events_per_s", "job_events_per_s", "events", "batches", "state_rows"):
+    for key in (
+        "read_parse_events_per_s",
+        "job_events_per_s",
+        "job_first_run_events_per_s",
+        "events",
+        "batches",
+        "state_rows",
+    ):
         assert figures[key] > 0, key
     assert figures["events"] == 2000 and figures["batches"] >= 2
     assert figures["live_events"] == 300
     assert 0 <= figures["latency_p50_s"] <= figures["latency_p95_s"] <= figures["latency_p99_s"]
     assert figures["machine"]["cores"] >= 1
     assert "events/s" in report.text() and "p99" in report.text()
+    assert "first run" in report.text()
