@@ -732,7 +732,9 @@ bench.add_command(bench_dashboard)
     default="10 seconds",
     show_default=True,
     help="Micro-batch interval of the sessions and quarantine queries (continuous): they "
-    "write only when a session closes or a record is rejected.",
+    "write only when a session closes or a record is rejected. They read at most "
+    "--max-offsets-per-trigger records per batch too: shorten it for streams faster than "
+    "that many records per interval.",
 )
 @click.option(
     "--available-now", is_flag=True, help="Process what the topic holds, then exit (backfills)."
