@@ -179,6 +179,39 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.5):
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
 
 
+def sidebar_text(page) -> str:
+    """What the sidebar shows (or that there is none), for a timeout's message."""
+    return page.evaluate(
+        """() => { const s = document.querySelector('[data-testid="stSidebar"]');
+                   return s ? `expanded=${s.getAttribute('aria-expanded')}: ${s.innerText}`
+                            : 'no sidebar'; }"""
+    )
+
+
+def pause(page) -> None:
+    """Switch on Pause in the sidebar and wait until the page says it is paused.
+
+    The switch is found by CSS as well as by its role, and the tab is reloaded once if the
+    sidebar has not come up after a while: on a busy machine a tab's first script run can be
+    cut short by the rerun that rebuilds the filters. A synthetic click: a real mouse click can
+    stall in headless Chromium on a busy machine.
+    """
+    switch = page.locator('[data-testid="stSidebar"] input[role="switch"]')
+    for attempt in range(2):
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and not switch.count():
+            time.sleep(0.5)
+        if switch.count():
+            break
+        if attempt == 0:
+            page.reload()
+            wait_for(lambda: len(headline_values(page)) == len(HEADLINE), 60, "the reloaded tab")
+    else:
+        pytest.fail(f"no Pause switch in the sidebar after 90 s ({sidebar_text(page)[:500]})")
+    switch.first.dispatch_event("click")
+    page.get_by_text("paused", exact=False).first.wait_for(timeout=30_000)
+
+
 @pytest.mark.timeout(1800)
 def test_dashboard_follows_the_live_pipeline(browser, dashboard_url, stream_job, bootstrap, topic):
     from clickstream.kafka_io import ensure_topic
@@ -212,6 +245,7 @@ def test_dashboard_follows_the_live_pipeline(browser, dashboard_url, stream_job,
     )
     producer.start()
     job = stream_job(topic, bootstrap, store_url)
+    tall = None  # the second tab, once open
     try:
         # 3. The data appears in the open page, then its headline keeps changing.
         wait_for(
@@ -247,9 +281,7 @@ def test_dashboard_follows_the_live_pipeline(browser, dashboard_url, stream_job,
         tall = browser.new_page(viewport={"width": 1440, "height": max(900, min(height, 6000))})
         tall.goto(url)
         wait_for(lambda: len(headline_values(tall)) == len(HEADLINE), 60, "the second tab")
-        # A synthetic click: a real mouse click can stall in headless Chromium on a busy machine
-        tall.get_by_role("switch", name="Pause").dispatch_event("click")
-        tall.get_by_text("paused", exact=False).first.wait_for(timeout=30_000)
+        pause(tall)
         wait_for(lambda: settled(tall), 60, "the paused tab to finish its last run")
         held = headline_values(tall)
         live_before = headline_values(page)["Current window"]
@@ -293,6 +325,9 @@ def test_dashboard_follows_the_live_pipeline(browser, dashboard_url, stream_job,
         ARTIFACT.parent.mkdir(exist_ok=True)
         failure = ARTIFACT.with_name("dashboard-failure.png")
         page.screenshot(path=str(failure), full_page=True)
+        if tall is not None and not tall.is_closed():
+            tall.screenshot(path=str(failure.with_name("dashboard-failure-tab2.png")))
+            print(f"second tab's sidebar: {sidebar_text(tall)[:500]}")
         print(f"\nfailure screenshot: {failure}\nclickstream stream said:\n{stream_job.output()}")
         raise
     finally:
