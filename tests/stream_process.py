@@ -16,7 +16,9 @@ from tests.conftest import CLICKSTREAM
 
 
 def stream_command(topic: str, bootstrap: str, store_url: str, checkpoint, *extra: str) -> list:
-    """`clickstream stream` with the tests' settings: 1 s trigger, no alerts/quarantine topics."""
+    """`clickstream stream` with the tests' settings: no alerts/quarantine topics, and a 1 s
+    trigger for the side queries too, so that with `--max-offsets-per-trigger` they keep up
+    with the windows query instead of reading one capped batch every 10 s."""
     return [
         CLICKSTREAM,
         "stream",
@@ -29,6 +31,8 @@ def stream_command(topic: str, bootstrap: str, store_url: str, checkpoint, *extr
         "--checkpoint",
         str(checkpoint),
         "--trigger",
+        "1 second",
+        "--side-trigger",
         "1 second",
         "--alerts-topic",
         "",
