@@ -21,7 +21,7 @@ from pathlib import Path
 from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerError, BrokerNotReachable, PortInUseError
 from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
-from clickstream.java import check_java_for_kafka
+from clickstream.java import check_java_for_kafka, extra_java_options
 
 LOG4J_CONFIG = Path(__file__).with_name("broker_log4j2.properties")
 START_TIMEOUT_S = 90
@@ -323,6 +323,7 @@ class LocalBroker:
             f"-Xmx{heap}",
             "-Xms128m",
             "-XX:+UseG1GC",
+            *extra_java_options(),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             f"-Dkafka.logs.dir={self.dir}",

@@ -20,7 +20,7 @@ from pathlib import Path
 from clickstream.broker import _cmdline, _pid_alive, free_port, port_is_open
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError, PortInUseError
-from clickstream.java import check_java_for_spark
+from clickstream.java import check_java_for_spark, extra_java_options
 from clickstream.spark import LOG4J_CONFIG
 
 MASTER_PORT = 7077
@@ -82,7 +82,9 @@ class SparkCluster:
             SPARK_NO_DAEMONIZE="1",
             SPARK_LOG_DIR=str(self.dir),
             SPARK_WORKER_DIR=str(self.dir / "work"),
-            SPARK_DAEMON_JAVA_OPTS=f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}",
+            SPARK_DAEMON_JAVA_OPTS=" ".join(
+                [f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}", *extra_java_options()]
+            ),
         )
         return env
 

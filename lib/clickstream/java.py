@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -96,3 +97,8 @@ def check_java_for_kafka() -> JavaInfo:
             f"or newer. {INSTALL_HINT}"
         )
     return info
+
+
+def extra_java_options() -> list[str]:
+    """CLICKSTREAM_JAVA_OPTIONS, split: added to every JVM the course starts (Spark, brokers)."""
+    return shlex.split(os.environ.get("CLICKSTREAM_JAVA_OPTIONS", ""))

@@ -30,7 +30,7 @@ from clickstream.broker import (
 from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerError, BrokerNotReachable
 from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
-from clickstream.java import check_java_for_kafka
+from clickstream.java import check_java_for_kafka, extra_java_options
 
 
 def _reap(pid: int) -> bool:
@@ -236,6 +236,7 @@ class LocalKafkaCluster:
             f"-Xmx{heap}",
             "-Xms128m",
             "-XX:+UseG1GC",
+            *extra_java_options(),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             f"-Dkafka.logs.dir={self.node_dir(node_id)}",

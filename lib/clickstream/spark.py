@@ -21,7 +21,7 @@ from clickstream.jars import (
     ensure_jdbc_jars,
     pyspark_version,
 )
-from clickstream.java import check_java_for_spark
+from clickstream.java import check_java_for_spark, extra_java_options
 
 LOG4J_CONFIG = Path(__file__).with_name("spark_log4j2.properties")
 
@@ -93,6 +93,7 @@ def get_spark(
     if shuffle_partitions is None:
         shuffle_partitions = default_shuffle_partitions(master)
     java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} -Dlog4j.configurationFile=file:{LOG4J_CONFIG}"
+    java_opts = " ".join([java_opts, *extra_java_options()])
     builder = (
         SparkSession.builder.appName(app_name)
         .master(master)
