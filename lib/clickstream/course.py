@@ -354,10 +354,6 @@ def isolate_test_session() -> None:
     os.environ["CLICKSTREAM_TEST_STATE_DIR"] = str(state)
     os.environ["CLICKSTREAM_STATE_DIR"] = str(state)
     os.environ["CLICKSTREAM_KAFKA_PORT"] = str(free_port())
-    # A test session starts dozens of short-lived JVMs (Spark, brokers) on a small machine:
-    # the quick C1 compiler alone spends less CPU warming each of them up (about 10 % less
-    # time for a Spark-heavy test on 2 cores) than C1 followed by the optimising C2.
-    os.environ.setdefault("CLICKSTREAM_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1")
 
 
 def end_test_session() -> None:
