@@ -92,8 +92,13 @@ def get_spark(
     master = master or settings.spark_master
     if shuffle_partitions is None:
         shuffle_partitions = default_shuffle_partitions(master)
-    java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} -Dlog4j.configurationFile=file:{LOG4J_CONFIG}"
-    java_opts = " ".join([java_opts, *extra_java_options()])
+    java_opts = " ".join(
+        [
+            f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}",
+            f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}",
+            *extra_java_options(),
+        ]
+    )
     builder = (
         SparkSession.builder.appName(app_name)
         .master(master)
