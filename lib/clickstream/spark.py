@@ -2,15 +2,24 @@
 PostgreSQL JDBC driver (the warehouse store's writer).
 
 Jars are handed to Spark as local files before its JVM starts (setting them later is silently
-ignored, PITFALLS #4), logs are quiet, the UI is off unless asked for, and shuffles are sized for
-a laptop.
+ignored), logs are quiet, the UI is off unless asked for, and shuffles are sized for a laptop.
+
+Spark's JVM loads some 15,000 classes before its first query answers, which takes most of the
+20 s a cold start costs on a laptop. `clickstream setup` records them once in a class-data
+archive (Java's AppCDS) in the jar cache; every later Spark start maps that archive instead of
+reading and verifying the classes one by one, and answers its first query in about 12 s. A
+missing or unusable archive (another Java, another PySpark) is skipped silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shlex
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from clickstream.config import Settings, get_settings
@@ -21,7 +30,7 @@ from clickstream.jars import (
     ensure_jdbc_jars,
     pyspark_version,
 )
-from clickstream.java import check_java_for_spark, extra_java_options
+from clickstream.java import JavaInfo, check_java_for_spark, extra_java_options
 
 LOG4J_CONFIG = Path(__file__).with_name("spark_log4j2.properties")
 
@@ -83,7 +92,7 @@ def get_spark(
                 "then call clickstream.spark.get_spark() first."
             )
         return active
-    check_java_for_spark()
+    java = check_java_for_spark()
     # Python workers must run this interpreter (with clickstream installed), not any python3.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     jars = ensure_connector_jars(settings)
@@ -92,13 +101,18 @@ def get_spark(
     master = master or settings.spark_master
     if shuffle_partitions is None:
         shuffle_partitions = default_shuffle_partitions(master)
-    java_opts = " ".join(
-        [
-            f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}",
-            f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}",
-            *extra_java_options(),
-        ]
-    )
+    java_opts = [
+        f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}",
+        f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}",
+        *extra_java_options(),
+    ]
+    executor_opts = " ".join(shlex.quote(o) for o in java_opts)
+    archive = class_archive(settings, java)
+    if archive.is_file():
+        # The driver's classes come from the archive (in local mode, the executors' too);
+        # `-Xlog:cds=off` keeps the JVM quiet if it finds the archive unusable.
+        java_opts += [f"-XX:SharedArchiveFile={archive}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+    driver_opts = " ".join(shlex.quote(o) for o in java_opts)
     builder = (
         SparkSession.builder.appName(app_name)
         .master(master)
@@ -108,8 +122,8 @@ def get_spark(
         .config("spark.ui.enabled", "true" if ui else "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.extraJavaOptions", java_opts)
-        .config("spark.executor.extraJavaOptions", java_opts)
+        .config("spark.driver.extraJavaOptions", driver_opts)
+        .config("spark.executor.extraJavaOptions", executor_opts)
         .config("spark.sql.streaming.forceDeleteTempCheckpointLocation", "true")
         .config("spark.sql.adaptive.enabled", "false")  # streaming ignores it; keep plans stable
         .config("spark.driver.memory", os.environ.get("CLICKSTREAM_DRIVER_MEMORY", "2g"))
@@ -133,3 +147,115 @@ def get_spark(
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def class_archive(settings: Settings | None = None, java: JavaInfo | None = None) -> Path:
+    """Where the class-data archive for this PySpark and this Java lives (it may not exist)."""
+    settings = settings or get_settings()
+    java = java or check_java_for_spark()
+    import pyspark
+
+    jars = sorted(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar"))
+    key = "\n".join([java.executable, java.version, *jars]).encode()
+    name = f"pyspark-{pyspark_version()}-java-{java.major}-{hashlib.sha1(key).hexdigest()[:10]}.jsa"
+    return settings.cache_dir / "spark-classes" / name
+
+
+def build_class_archive(
+    settings: Settings | None = None, echo: Callable[[str], None] = print
+) -> Path | None:
+    """Record the classes Spark loads for the job's queries into `class_archive()` (once).
+
+    Runs `exercise_spark` in a fresh Python, whose JVM writes the archive when it exits. Never
+    fatal: Spark starts without the archive, only more slowly."""
+    settings = settings or get_settings()
+    path = class_archive(settings)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    options = os.environ.get("CLICKSTREAM_JAVA_OPTIONS", "")
+    env = {
+        **os.environ,
+        "CLICKSTREAM_JAVA_OPTIONS": f"{options} -XX:ArchiveClassesAtExit={shlex.quote(str(partial))}",
+        "CLICKSTREAM_CACHE_DIR": str(settings.cache_dir),
+    }
+    code = "from clickstream.spark import exercise_spark; exercise_spark()"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900
+        )
+        ok = out.returncode == 0 and partial.is_file() and partial.stat().st_size > 0
+        if ok:
+            os.replace(partial, path)
+            return path
+        lines = (out.stderr or out.stdout).strip().splitlines()[-5:]
+        echo(
+            "Spark's class archive could not be recorded; Spark will start without it (slower):"
+            + "".join(f"\n  {line}" for line in lines)
+        )
+        return None
+    except subprocess.TimeoutExpired:
+        echo("Recording Spark's class archive took over 15 minutes; Spark will start without it.")
+        return None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def exercise_spark() -> None:
+    """Start Spark and run the streaming job's queries over a few hundred simulated events read
+    from a file (no broker needed), so that the JVM loads the classes the course uses."""
+    import tempfile
+
+    from pyspark.sql import functions as F
+
+    from clickstream.pipeline import session_metric_rows, window_metric_rows
+    from clickstream.simulator import SimConfig, Simulator
+    from clickstream.stream import StreamConfig, build_queries
+
+    spark = get_spark("clickstream-class-archive")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp, "events")
+        source.mkdir()
+        config = SimConfig(seed=1, count=600, duplicate_count=10, malformed_count=10)
+        lines = [r.value.decode("utf-8", "replace") for r in Simulator(config).records()]
+        (source / "events.json").write_text("".join(v + "\n" for v in lines if "\n" not in v))
+        raw = (
+            spark.readStream.format("text")
+            .load(str(source))
+            .select(
+                F.lit(None).cast("binary").alias("key"),
+                F.col("value").cast("binary").alias("value"),
+                F.lit("events").alias("topic"),
+                F.lit(0).alias("partition"),
+                F.lit(0).cast("long").alias("offset"),
+                F.current_timestamp().alias("timestamp"),
+                F.lit(0).alias("timestampType"),
+            )
+        )
+        job = StreamConfig.create(
+            topic="events",
+            store_url=f"sqlite:///{tmp}/store.db",
+            checkpoint=Path(tmp, "checkpoint"),
+            window="10 seconds",
+            watermark="30 seconds",
+            session_gap="30 seconds",
+        )
+        built = build_queries(spark, job, raw=raw)
+        writers = [
+            built.windows.writeStream.outputMode("update").foreachBatch(
+                lambda df, _: window_metric_rows(df.collect())
+            ),
+            built.sessions.writeStream.outputMode("append").foreachBatch(
+                lambda df, _: session_metric_rows(df.collect())
+            ),
+            built.quarantine.writeStream.format("noop"),
+        ]
+        queries = [
+            w.trigger(availableNow=True).option("checkpointLocation", f"{tmp}/cp{i}").start()
+            for i, w in enumerate(writers)
+        ]
+        for query in queries:
+            query.awaitTermination()
+        spark.createDataFrame([(1, "a")], "n int, s string").toPandas()
+    spark.stop()

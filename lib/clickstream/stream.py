@@ -418,28 +418,35 @@ class Queries:
     quarantine: Any | None
 
 
-def build_queries(spark, config: StreamConfig, categories: dict[str, str] | None = None):
-    """The job's queries from `clickstream.pipeline`'s steps (what notebooks 03-06 build)."""
+def build_queries(
+    spark, config: StreamConfig, categories: dict[str, str] | None = None, raw=None
+) -> Queries:
+    """The job's queries from `clickstream.pipeline`'s steps (what notebooks 03-06 build).
+
+    `raw` is the source, with Kafka's columns (value, partition, offset, timestamp); by default
+    the topic `config` names."""
     from clickstream import pipeline as P
 
     if categories is None:
         from clickstream.simulator import load_catalogue
 
         categories = {p.product_id: p.category for p in load_catalogue()}
-    raw = P.read_kafka(
-        spark,
-        config.topic,
-        config.bootstrap_servers,
-        starting_offsets="earliest",
-        max_offsets_per_trigger=config.max_offsets_per_trigger,
-        options={
-            # The preflight check explains a changed topic; at run time, fail rather than skip.
-            "failOnDataLoss": "true",
-            # A task reads a fixed offset range; the consumer's default fetch wait (500 ms)
-            # would hold up the batch whenever a fetch finds fewer bytes than it asked for.
-            "kafka.fetch.max.wait.ms": "20",
-        },
-    )
+    if raw is None:
+        raw = P.read_kafka(
+            spark,
+            config.topic,
+            config.bootstrap_servers,
+            starting_offsets="earliest",
+            max_offsets_per_trigger=config.max_offsets_per_trigger,
+            options={
+                # The preflight check explains a changed topic; at run time, fail rather than
+                # skip.
+                "failOnDataLoss": "true",
+                # A task reads a fixed offset range; the consumer's default fetch wait (500 ms)
+                # would hold up the batch whenever a fetch finds fewer bytes than it asked for.
+                "kafka.fetch.max.wait.ms": "20",
+            },
+        )
 
     # Durations as Spark reads them ('90s' and '2 min' are ours, not Spark's interval syntax).
     def spark_interval(text: str | None) -> str | None:

@@ -136,3 +136,22 @@ def test_free_ports_are_distinct_unbound_and_avoid_the_ones_given():
     for port in ports[:5]:  # nobody holds them any more: each can be bound
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_spark_class_archive_is_kept_per_java_and_pyspark(tmp_path):
+    """The class archive only fits the JVM and the jars it was recorded with: another Java (or
+    another PySpark) looks for an archive of its own instead of reusing this one."""
+    from dataclasses import replace
+
+    from clickstream.jars import pyspark_version
+    from clickstream.java import JavaInfo
+    from clickstream.spark import class_archive
+
+    settings = replace(get_settings(), cache_dir=tmp_path)
+    java17 = JavaInfo("/opt/jdk17/bin/java", 17, "17.0.15")
+    path = class_archive(settings, java17)
+    assert path.parent == tmp_path / "spark-classes" and path.suffix == ".jsa"
+    assert f"pyspark-{pyspark_version()}-java-17-" in path.name
+    assert path == class_archive(settings, java17)
+    assert path != class_archive(settings, JavaInfo("/opt/jdk17/bin/java", 17, "17.0.16"))
+    assert path != class_archive(settings, JavaInfo("/opt/other/bin/java", 17, "17.0.15"))
