@@ -8,13 +8,17 @@ with the job's incremental engine or Spark, so the two are independent.
 
 Lateness follows the watermark's definition record by record: an event is dropped when it is
 older than the largest event time sent before it minus the delay. The job applies the same rule
-per micro-batch, as Spark does: the watermark moves between batches, and it is the newest event
-time over all partitions, which a micro-batch does not read evenly (Spark splits
-`maxOffsetsPerTrigger` by each partition's backlog, so one partition can run some seconds of
-event time ahead of another). The two definitions agree whenever every event is clear of the
-watermark by more than a batch spans plus that skew, and the streams here are built that way:
-late events 120 s behind a 30 s watermark, duplicates and slightly late events at most ~5 s
-behind, batches of at most ~25 s of event time, and no late event before the first batches.
+per micro-batch, as Spark does, with two differences. The watermark moves between batches, and a
+stateful operator drops rows by the watermark the batch before set, so the cut lags the newest
+event by up to two batches. And the newest event time is taken over all partitions, which a
+micro-batch does not read evenly (Spark splits `maxOffsetsPerTrigger` by each partition's
+backlog, so one partition can run some seconds of event time ahead of another). The two
+definitions agree whenever every event is clear of the watermark by more than two batches span
+plus that skew, and the streams here are built that way: duplicates and slightly late events at
+most ~5 s behind a 30 s watermark, and late events `late_delay_s` behind it, none of them
+arriving in the first `settle_s` (before the job drops anything). With batches of 300 records
+(~25 s of event time at 12 events/s) that is 120 s and 60 s, the defaults; with 600 records
+(~50 s), 180 s and 120 s.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ class Params:
         return args
 
 
-def stream_config(seed: int = 11, count: int = 4800) -> SimConfig:
+def stream_config(seed: int = 11, count: int = 4800, late_delay_s: float = 120.0) -> SimConfig:
     """~330 s of event time at 12 events/s: two error incidents and a surge after warm-up."""
     return SimConfig(
         seed=seed,
@@ -69,7 +73,7 @@ def stream_config(seed: int = 11, count: int = 4800) -> SimConfig:
         incidents=((80.0, 110.0, 0.3), (230.0, 260.0, 0.25)),
         surges=((150.0, 180.0, 3.0),),
         late_share=0.02,
-        late_delay_s=120.0,
+        late_delay_s=late_delay_s,
         duplicate_count=25,
         malformed_count=30,
     )
@@ -81,16 +85,19 @@ def _us(event_time: str) -> int:
 
 
 def build_stream(
-    config: SimConfig | None = None, inside_every: int = 41, inside_s: float = 5.0
+    config: SimConfig | None = None,
+    inside_every: int = 41,
+    inside_s: float = 5.0,
+    settle_s: float = 60.0,
 ) -> list[tuple[bytes | None, bytes]]:
-    """(key, value) records to send, in order. Late events that would arrive in the first 60 s
-    (while the job has no watermark yet) are left out, with their duplicates; every
+    """(key, value) records to send, in order. Late events that would arrive in the first
+    `settle_s` (while the job drops nothing yet) are left out, with their duplicates; every
     `inside_every`-th valid event after that is moved `inside_s` seconds back (late, but inside
     the watermark)."""
     config = config or stream_config()
     records = list(Simulator(config).records())
     start = _us(config.start)
-    settle = 60 * US
+    settle = round(settle_s * US)
     delay = round(config.late_delay_s * US)
     duplicated = {r.event["event_id"] for r in records if r.kind == "duplicate"}
     removed: set[str] = set()

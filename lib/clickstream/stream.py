@@ -763,9 +763,12 @@ class StreamJob:
         counters["duplicates_removed"] = counters.get("duplicates_removed", 0) + duplicates
         if "latest" in totals:
             self._latest = to_us(totals["latest"].replace(tzinfo=UTC))
-        alerts = self._detect(batch_id, watermark_us, rows)
-        self._publish_alerts(alerts)
-        rows["alerts"] = alerts
+        changes = self._detect(batch_id, watermark_us, rows)
+        # The topic gets every change in order (an alert that opens and closes within one batch
+        # sends both); the store keeps each alert's latest state.
+        self._publish_alerts(changes)
+        latest = {alert["alert_id"]: alert for alert in changes}
+        rows["alerts"] = [latest[k] for k in sorted(latest)]
         rows["counters"] = [{"name": n, "value": counters.get(n, 0)} for n in COUNTERS]
         health = self._health(batch_id, records, watermark_us, (late, duplicates), started)
         store.write_batch(JOB, batch_id, rows, health)
@@ -817,7 +820,7 @@ class StreamJob:
     def _detect(self, batch_id: int, watermark_us: int, rows: dict) -> list[dict]:
         """Feed the windows the watermark has closed, in order (empty ones too), to the anomaly
         detector with their final counts; its state after each batch is saved beside the
-        checkpoint."""
+        checkpoint. Returns every change of an alert, in order."""
         state = self.detector_files.load(batch_id - 1)
         spec = self.spec
         size, slide = spec.window_us, spec.slide_us
@@ -829,7 +832,7 @@ class StreamJob:
         next_detect = state.get("next_detect")
         if next_detect is None:
             next_detect = first
-        changed: dict[str, dict] = {}
+        changes: list[dict] = []
         if next_detect is not None and watermark_us and next_detect + size <= watermark_us:
             detector = AnomalyDetector.from_json(self.config.detector, state.get("detector"))
             closed_until = watermark_us - (watermark_us - next_detect) % slide
@@ -846,14 +849,13 @@ class StreamJob:
             start = next_detect
             while start + size <= watermark_us:
                 n, e = counts.get(_iso(start), (0, 0))
-                for alert in detector.update(start, start + size, n, e):
-                    changed[alert.alert_id] = alert.row()
+                changes += [alert.row() for alert in detector.update(start, start + size, n, e)]
                 start += slide
             next_detect = start
             state["detector"] = detector.to_json()
         state["next_detect"] = next_detect
         self.detector_files.save(batch_id, state)
-        return [changed[k] for k in sorted(changed)]
+        return changes
 
     def _update_summary(self, records: int, counters: dict, health: dict) -> None:
         s = self.summary

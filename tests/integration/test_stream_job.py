@@ -35,12 +35,20 @@ from tests.stream_truth import (
 )
 
 PARAMS = Params()  # 10 s windows, 30 s watermark, 30 s session gap
-MAX_PER_BATCH = 300  # ~25 s of event time per batch: late events stay clear of the watermark
+MAX_PER_BATCH = 600  # ~50 s of event time per batch
+LATE_DELAY_S, SETTLE_S = 180.0, 120.0  # late events clear of the watermark with such batches
+
+
+def batched_stream(count: int = 4800) -> list[tuple[bytes | None, bytes]]:
+    """The test stream, with late events far enough behind for batches of MAX_PER_BATCH
+    (tests.stream_truth explains the margins)."""
+    config = stream_config(count=count, late_delay_s=LATE_DELAY_S)
+    return build_stream(config, settle_s=SETTLE_S)
 
 
 @pytest.fixture(scope="module")
 def records():
-    return build_stream()
+    return batched_stream()
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +174,7 @@ def test_a_batch_replayed_after_a_crash_is_not_counted_twice(spark, bootstrap, t
     """Kill between the store write and Spark's commit, and between the state file and the
     store write: the restarted job ends with the same store (deterministic crash points;
     test_exactly_once kills at random ones)."""
-    records = build_stream(stream_config(count=1500))
+    records = batched_stream(count=1500)
     truth = expected_store(records, PARAMS)
     ensure_topic(topic, partitions=3, bootstrap=bootstrap)
     send_all(records, topic, bootstrap)
@@ -254,7 +262,8 @@ def test_a_checkpoint_that_does_not_match_says_to_reset(spark, bootstrap, topic,
 @pytest.mark.spark
 def test_sliding_windows_and_metrics_cli(spark, bootstrap, topic, tmp_path):
     small = build_stream(
-        SimConfig(seed=5, count=1500, rate=12.0, late_share=0.02, late_delay_s=120)
+        SimConfig(seed=5, count=1500, rate=12.0, late_share=0.02, late_delay_s=LATE_DELAY_S),
+        settle_s=SETTLE_S,
     )
     ensure_topic(topic, partitions=3, bootstrap=bootstrap)
     send_all(small, topic, bootstrap)
@@ -338,7 +347,7 @@ def test_spark_native_definitions_agree_with_the_job(spark):
     from clickstream.serving import iso
     from clickstream.simulator import load_catalogue
 
-    truth = expected_store(build_stream(stream_config(count=1500)), PARAMS)
+    truth = expected_store(batched_stream(count=1500), PARAMS)
     rows = [
         (
             e["event_id"],
