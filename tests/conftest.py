@@ -10,6 +10,7 @@ everything against an existing cluster instead.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import uuid
@@ -72,9 +73,18 @@ def topic(bootstrap):
 
 @pytest.fixture(scope="session")
 def spark(broker_settings):
+    from clickstream.course import SHORT_LIVED_JIT
     from clickstream.spark import get_spark
 
-    session = get_spark("clickstream-tests", settings=broker_settings)
+    # This session lives for the whole run: unlike the short-lived JVMs, it gains from the
+    # optimising compiler (see clickstream.course.isolate_test_session).
+    options = os.environ.get("CLICKSTREAM_JAVA_OPTIONS", "")
+    kept = [o for o in shlex.split(options) if o != SHORT_LIVED_JIT]
+    os.environ["CLICKSTREAM_JAVA_OPTIONS"] = shlex.join(kept)
+    try:
+        session = get_spark("clickstream-tests", settings=broker_settings)
+    finally:
+        os.environ["CLICKSTREAM_JAVA_OPTIONS"] = options
     yield session
     session.stop()
 
