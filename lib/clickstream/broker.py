@@ -2,7 +2,8 @@
 
 `up` formats storage once, starts the broker in the background on 127.0.0.1 and waits until it
 answers a metadata request; `down` stops it and leaves no process behind. Topic data survives
-`down`/`up`; `down(purge=True)` deletes it. Logs go to <state dir>/broker/broker.log.
+`down`/`up`; `down(purge=True)` deletes it. Logs go to <state dir>/broker/broker.log. The broker
+starts from the class-data archive `clickstream setup` records (about 4 s instead of 6).
 """
 
 from __future__ import annotations
@@ -13,15 +14,24 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerError, BrokerNotReachable, PortInUseError
 from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
-from clickstream.java import check_java_for_kafka, extra_java_options
+from clickstream.java import (
+    JavaInfo,
+    check_java_for_kafka,
+    class_archive_options,
+    class_archive_path,
+    extra_java_options,
+    record_class_archive,
+)
 
 LOG4J_CONFIG = Path(__file__).with_name("broker_log4j2.properties")
 START_TIMEOUT_S = 90
@@ -316,14 +326,15 @@ class LocalBroker:
         self.meta_file.write_text(json.dumps(meta, indent=2))
 
     def _java_cmd(self, jars: list[Path], heap: str | None = None) -> list[str]:
-        java = check_java_for_kafka().executable
+        java = check_java_for_kafka()
         heap = heap or os.environ.get("CLICKSTREAM_BROKER_HEAP", "512m")
         return [
-            java,
+            java.executable,
             f"-Xmx{heap}",
             "-Xms128m",
             "-XX:+UseG1GC",
             *extra_java_options(),
+            *class_archive_options(kafka_class_archive(self.settings, java)),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             f"-Dkafka.logs.dir={self.dir}",
@@ -387,6 +398,54 @@ class LocalBroker:
                     return
                 time.sleep(0.1)
         raise BrokerError(f"Could not stop the broker process {pid}.")
+
+
+def kafka_class_archive(settings: Settings | None = None, java: JavaInfo | None = None) -> Path:
+    """Where the class-data archive for this Kafka and this Java lives (it may not exist)."""
+    settings = settings or get_settings()
+    return class_archive_path(
+        settings.cache_dir / "kafka-classes",
+        f"kafka-{settings.kafka_version}",
+        java or check_java_for_kafka(),
+        kafka_jars_dir(settings).glob("*.jar"),
+    )
+
+
+def build_kafka_class_archive(
+    settings: Settings | None = None, echo: Callable[[str], None] = print
+) -> Path | None:
+    """Record the classes a broker loads into `kafka_class_archive()` (once): `exercise_broker`
+    runs a broker of its own, in a temporary state directory on a free port."""
+    settings = settings or get_settings()
+    with tempfile.TemporaryDirectory(prefix="clickstream-kafka-classes-") as state:
+        return record_class_archive(
+            kafka_class_archive(settings),
+            "from clickstream.broker import exercise_broker; exercise_broker()",
+            "the Kafka broker",
+            echo,
+            env={
+                "CLICKSTREAM_CACHE_DIR": str(settings.cache_dir),
+                "CLICKSTREAM_STATE_DIR": state,
+                "CLICKSTREAM_KAFKA_PORT": str(free_port()),
+                "KAFKA_BOOTSTRAP_SERVERS": None,
+            },
+        )
+
+
+def exercise_broker() -> None:
+    """Start the broker, create a topic, write and read a few hundred records, stop it."""
+    from clickstream.kafka_io import ensure_topic, read_all, send_all
+
+    broker = LocalBroker()
+    broker.up(echo=lambda message: None)
+    try:
+        bootstrap = broker.bootstrap_servers
+        ensure_topic("classes", partitions=3, bootstrap=bootstrap)
+        records = [(f"u{i % 7}".encode(), b"{}") for i in range(300)]
+        assert send_all(records, "classes", bootstrap) == len(records)
+        assert len(list(read_all("classes", bootstrap))) == len(records)
+    finally:
+        broker.down(echo=lambda message: None)
 
 
 def wait_for_broker(

@@ -23,6 +23,7 @@ from clickstream.broker import (
     _pid_alive,
     cluster_id,
     free_ports,
+    kafka_class_archive,
     kafka_pid,
     read_json,
     wait_for_broker,
@@ -30,7 +31,7 @@ from clickstream.broker import (
 from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerError, BrokerNotReachable
 from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
-from clickstream.java import check_java_for_kafka, extra_java_options
+from clickstream.java import check_java_for_kafka, class_archive_options, extra_java_options
 
 
 def _reap(pid: int) -> bool:
@@ -230,13 +231,14 @@ class LocalKafkaCluster:
         (d / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
     def _java(self, node_id: int, heap: str) -> list[str]:
-        java = check_java_for_kafka().executable
+        java = check_java_for_kafka()
         return [
-            java,
+            java.executable,
             f"-Xmx{heap}",
             "-Xms128m",
             "-XX:+UseG1GC",
             *extra_java_options(),
+            *class_archive_options(kafka_class_archive(self.settings, java)),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             f"-Dkafka.logs.dir={self.node_dir(node_id)}",

@@ -13,11 +13,9 @@ missing or unusable archive (another Java, another PySpark) is skipped silently.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +28,14 @@ from clickstream.jars import (
     ensure_jdbc_jars,
     pyspark_version,
 )
-from clickstream.java import JavaInfo, check_java_for_spark, extra_java_options
+from clickstream.java import (
+    JavaInfo,
+    check_java_for_spark,
+    class_archive_options,
+    class_archive_path,
+    extra_java_options,
+    record_class_archive,
+)
 
 LOG4J_CONFIG = Path(__file__).with_name("spark_log4j2.properties")
 
@@ -107,11 +112,9 @@ def get_spark(
         *extra_java_options(),
     ]
     executor_opts = " ".join(shlex.quote(o) for o in java_opts)
-    archive = class_archive(settings, java)
-    if archive.is_file():
-        # The driver's classes come from the archive (in local mode, the executors' too);
-        # `-Xlog:cds=off` keeps the JVM quiet if it finds the archive unusable.
-        java_opts += [f"-XX:SharedArchiveFile={archive}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+    # The driver's classes come from the archive `clickstream setup` recorded (in local mode,
+    # the executors' too: they run in the driver's JVM).
+    java_opts += class_archive_options(class_archive(settings, java))
     driver_opts = " ".join(shlex.quote(o) for o in java_opts)
     builder = (
         SparkSession.builder.appName(app_name)
@@ -152,54 +155,30 @@ def get_spark(
 def class_archive(settings: Settings | None = None, java: JavaInfo | None = None) -> Path:
     """Where the class-data archive for this PySpark and this Java lives (it may not exist)."""
     settings = settings or get_settings()
-    java = java or check_java_for_spark()
     import pyspark
 
-    jars = sorted(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar"))
-    key = "\n".join([java.executable, java.version, *jars]).encode()
-    name = f"pyspark-{pyspark_version()}-java-{java.major}-{hashlib.sha1(key).hexdigest()[:10]}.jsa"
-    return settings.cache_dir / "spark-classes" / name
+    jars = (Path(pyspark.__file__).parent / "jars").glob("*.jar")
+    return class_archive_path(
+        settings.cache_dir / "spark-classes",
+        f"pyspark-{pyspark_version()}",
+        java or check_java_for_spark(),
+        jars,
+    )
 
 
 def build_class_archive(
     settings: Settings | None = None, echo: Callable[[str], None] = print
 ) -> Path | None:
-    """Record the classes Spark loads for the job's queries into `class_archive()` (once).
-
-    Runs `exercise_spark` in a fresh Python, whose JVM writes the archive when it exits. Never
-    fatal: Spark starts without the archive, only more slowly."""
+    """Record the classes Spark loads for the job's queries into `class_archive()` (once):
+    `exercise_spark` runs in a fresh Python, whose JVM writes the archive when it exits."""
     settings = settings or get_settings()
-    path = class_archive(settings)
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    options = os.environ.get("CLICKSTREAM_JAVA_OPTIONS", "")
-    env = {
-        **os.environ,
-        "CLICKSTREAM_JAVA_OPTIONS": f"{options} -XX:ArchiveClassesAtExit={shlex.quote(str(partial))}",
-        "CLICKSTREAM_CACHE_DIR": str(settings.cache_dir),
-    }
-    code = "from clickstream.spark import exercise_spark; exercise_spark()"
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900
-        )
-        ok = out.returncode == 0 and partial.is_file() and partial.stat().st_size > 0
-        if ok:
-            os.replace(partial, path)
-            return path
-        lines = (out.stderr or out.stdout).strip().splitlines()[-5:]
-        echo(
-            "Spark's class archive could not be recorded; Spark will start without it (slower):"
-            + "".join(f"\n  {line}" for line in lines)
-        )
-        return None
-    except subprocess.TimeoutExpired:
-        echo("Recording Spark's class archive took over 15 minutes; Spark will start without it.")
-        return None
-    finally:
-        partial.unlink(missing_ok=True)
+    return record_class_archive(
+        class_archive(settings),
+        "from clickstream.spark import exercise_spark; exercise_spark()",
+        "Spark",
+        echo,
+        env={"CLICKSTREAM_CACHE_DIR": str(settings.cache_dir)},
+    )
 
 
 def exercise_spark() -> None:

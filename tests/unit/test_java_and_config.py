@@ -155,3 +155,19 @@ def test_spark_class_archive_is_kept_per_java_and_pyspark(tmp_path):
     assert path == class_archive(settings, java17)
     assert path != class_archive(settings, JavaInfo("/opt/jdk17/bin/java", 17, "17.0.16"))
     assert path != class_archive(settings, JavaInfo("/opt/other/bin/java", 17, "17.0.15"))
+
+
+def test_kafka_class_archive_is_kept_per_java_and_kafka_version(tmp_path):
+    from dataclasses import replace
+
+    from clickstream.broker import kafka_class_archive
+    from clickstream.java import JavaInfo
+
+    settings = replace(get_settings(), cache_dir=tmp_path)
+    java17 = JavaInfo("/opt/jdk17/bin/java", 17, "17.0.15")
+    path = kafka_class_archive(settings, java17)
+    assert path.parent == tmp_path / "kafka-classes"
+    assert path.name.startswith(f"kafka-{settings.kafka_version}-java-17-")
+    assert path != kafka_class_archive(settings, JavaInfo("/opt/jdk21/bin/java", 21, "21.0.5"))
+    other = replace(settings, kafka_version="3.9.1")
+    assert kafka_class_archive(other, java17).name.startswith("kafka-3.9.1-java-17-")
