@@ -185,3 +185,28 @@ def store_url(request, tmp_path):
 
     redis.Redis.from_url(url).flushdb()
     return url
+
+
+def require_class_archive(archive: Path) -> None:
+    """Skip without the class archive `clickstream setup` records; in CI, fail instead."""
+    if not archive.is_file():
+        if IN_CI:
+            pytest.fail(f"`clickstream setup` (run by `make test`) recorded no {archive}")
+        pytest.skip("no class archive yet: run `clickstream setup`")
+
+
+def assert_loaded_from_archive(java: str, archive: Path, classpath: str, main_class: str) -> None:
+    """The archive fits this Java and class path: with -Xshare:on, a JVM that cannot map it
+    refuses to start instead of going on without it; asked to log class loading, it says where
+    `main_class` came from."""
+    import subprocess
+
+    out = subprocess.run(
+        [java, "-Xshare:on", f"-XX:SharedArchiveFile={archive}", "-Xlog:class+load=info"]
+        + ["-cp", classpath, main_class],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    loaded = [line for line in out.stdout.splitlines() if f"{main_class} " in line]
+    assert loaded and "shared objects file (top)" in loaded[0], out.stdout[-2000:] + out.stderr

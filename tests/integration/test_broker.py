@@ -146,32 +146,13 @@ def test_the_broker_starts_from_the_class_archive_that_setup_recorded(broker):
     from clickstream.broker import kafka_class_archive
     from clickstream.jars import kafka_jars_dir
     from clickstream.java import check_java_for_kafka
-    from tests.conftest import IN_CI
+    from tests.conftest import assert_loaded_from_archive, require_class_archive
 
     if broker.settings.is_external:
         pytest.skip("KAFKA_BOOTSTRAP_SERVERS names an external cluster")
     java = check_java_for_kafka()
     archive = kafka_class_archive(broker.settings, java)
-    if not archive.is_file():
-        if IN_CI:
-            pytest.fail(f"`clickstream setup` (run by `make test`) recorded no {archive}")
-        pytest.skip("no class archive yet: run `clickstream setup`")
+    require_class_archive(archive)
     assert f"-XX:SharedArchiveFile={archive}" in psutil.Process(broker.pid()).cmdline()
-    # The archive fits this Java and the Kafka jars: with -Xshare:on, a JVM that cannot map it
-    # refuses to start; asked to log class loading, it says where the broker's class came from.
-    out = subprocess.run(
-        [
-            java.executable,
-            "-Xshare:on",
-            f"-XX:SharedArchiveFile={archive}",
-            "-Xlog:class+load=info",
-            "-cp",
-            str(kafka_jars_dir(broker.settings) / "*"),
-            "kafka.Kafka",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    loaded = [line for line in out.stdout.splitlines() if "kafka.Kafka " in line]
-    assert loaded and "shared objects file (top)" in loaded[0], out.stdout[-2000:] + out.stderr
+    classpath = str(kafka_jars_dir(broker.settings) / "*")
+    assert_loaded_from_archive(java.executable, archive, classpath, "kafka.Kafka")
