@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from clickstream import anomaly, events
+from clickstream.serving import differences
 from clickstream.simulator import SimConfig, Simulator, load_catalogue
 
 US = 1_000_000
@@ -349,35 +350,7 @@ def expected_store(
 
 def store_rows(store) -> dict[str, list[dict]]:
     """Everything the job wrote, metric by metric, as `expected_store` lays it out."""
-    return {name: store.read(name) for name in METRIC_NAMES}
+    return store.contents()
 
 
-METRIC_NAMES = (
-    "traffic",
-    "segments",
-    "products",
-    "active_users",
-    "funnel",
-    "errors",
-    "sessions",
-    "paths",
-    "alerts",
-    "quarantine",
-    "counters",
-)
-
-
-def diff(got: dict[str, list[dict]], want: dict[str, list[dict]], limit: int = 5) -> str:
-    """A short description of how two stores differ, metric by metric ('' if equal)."""
-    out = []
-    for name in METRIC_NAMES:
-        g, w = got.get(name, []), want.get(name, [])
-        if g == w:
-            continue
-        extra = [r for r in g if r not in w]
-        missing = [r for r in w if r not in g]
-        out.append(
-            f"{name}: {len(g)} rows, expected {len(w)}; unexpected {extra[:limit]}; "
-            f"missing {missing[:limit]}"
-        )
-    return "\n".join(out)
+diff = differences  # how two stores differ, one line per metric

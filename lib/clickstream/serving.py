@@ -165,10 +165,31 @@ def metric(name: str) -> Metric:
         ) from None
 
 
+def differences(got: Mapping[str, list], want: Mapping[str, list], limit: int = 5) -> str:
+    """How two stores' `contents()` differ, one line per metric ('' when they are equal)."""
+    out = []
+    for name in METRICS:
+        g, w = got.get(name, []), want.get(name, [])
+        if g == w:
+            continue
+        extra = [r for r in g if r not in w]
+        missing = [r for r in w if r not in g]
+        out.append(
+            f"{name}: {len(g)} rows, expected {len(w)}; unexpected {extra[:limit]}; "
+            f"missing {missing[:limit]}"
+        )
+    return "\n".join(out)
+
+
 class Store:
     """Common interface of the SQLite, Redis and PostgreSQL stores."""
 
     url: str
+
+    def contents(self) -> dict[str, list[dict]]:
+        """Every metric, read in full, metric by metric: what two runs of the job are compared
+        by (`differences`)."""
+        return {name: self.read(name) for name in METRICS}
 
     def write_batch(
         self,

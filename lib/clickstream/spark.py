@@ -129,6 +129,8 @@ def get_spark(
         .config("spark.executor.extraJavaOptions", executor_opts)
         .config("spark.sql.streaming.forceDeleteTempCheckpointLocation", "true")
         .config("spark.sql.adaptive.enabled", "false")  # streaming ignores it; keep plans stable
+        # The job's plans have many columns: print them whole instead of warning on every start.
+        .config("spark.sql.debug.maxToStringFields", "1000")
         .config("spark.driver.memory", os.environ.get("CLICKSTREAM_DRIVER_MEMORY", "2g"))
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")

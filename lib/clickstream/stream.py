@@ -471,15 +471,23 @@ def build_queries(
 
 class StreamJob:
     """The streaming job. `start()` returns a handle (stop, await_termination); see also
-    `run_available_now`. Pass `spark` to reuse a session (notebooks, tests)."""
+    `run_available_now`. Pass `spark` to reuse a session (notebooks, tests), and `queries` to
+    run queries assembled by hand from `clickstream.pipeline`'s steps instead of
+    `build_queries(spark, config)` (notebook 06 does, to show they are the same job)."""
 
     def __init__(
         self,
         config: StreamConfig,
         spark=None,
         echo: Callable[[str], Any] | None = None,
+        queries: Queries | None = None,
     ) -> None:
+        if queries is not None and spark is None:
+            raise StreamJobError(
+                "queries built by hand need the Spark session they were built on: pass spark= too."
+            )
         self.config = config
+        self.given_queries = queries
         self.spec = config.spec()
         self.spark = spark
         self.echo = echo or (lambda message: None)
@@ -522,7 +530,7 @@ class StreamJob:
             spark = self.spark = get_spark("clickstream-stream", master=self.config.master)
         self.store.use_spark(spark)  # PostgreSQL: batches go in through Spark's JDBC writer
         self.sessions_store.use_spark(spark)
-        built = build_queries(spark, self.config)
+        built = self.given_queries or build_queries(spark, self.config)
         cfg = self.config
 
         def trigger(writer, every: str = cfg.trigger, name: str = "--trigger"):
@@ -1081,22 +1089,29 @@ def explain_failure(exc: BaseException, config: StreamConfig) -> ClickstreamErro
     )
 
 
-def start(config: StreamConfig, spark=None, echo=None) -> StreamHandle:
+def start(
+    config: StreamConfig, spark=None, echo=None, queries: Queries | None = None
+) -> StreamHandle:
     """Start the job; stop it with the returned handle's `stop()`."""
-    return StreamJob(config, spark=spark, echo=echo).start()
+    return StreamJob(config, spark=spark, echo=echo, queries=queries).start()
 
 
 def run_available_now(
-    config: StreamConfig | None = None, spark=None, echo=None, **options
+    config: StreamConfig | None = None,
+    spark=None,
+    echo=None,
+    queries: Queries | None = None,
+    **options,
 ) -> RunSummary:
     """Process everything the topic holds now, then return (tests, notebooks, backfills).
 
     `options` are StreamConfig fields (topic, store_url, window, ...) used when `config` is None.
+    `queries`: see `StreamJob`.
     """
     if config is None:
         config = StreamConfig.create(**options)
     config = replace(config, available_now=True)
-    job = StreamJob(config, spark=spark, echo=echo)
+    job = StreamJob(config, spark=spark, echo=echo, queries=queries)
     handle = job.start()
     handle.await_termination()
     job.summary.seconds = time.monotonic() - job._began

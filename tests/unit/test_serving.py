@@ -11,6 +11,7 @@ from clickstream.serving import (
     StoreError,
     StoreMissingError,
     StoreVersionError,
+    differences,
     iso,
     open_store,
 )
@@ -40,6 +41,33 @@ def test_batches_are_applied_once_and_rows_upserted(store_url):
         assert store.last_batch("job") == 1
         assert store.schema_version() == SCHEMA_VERSION
         assert [h["batch_id"] for h in store.health("job")] == [1, 0]
+
+
+def test_two_stores_compare_by_their_contents(tmp_path):
+    with (
+        open_store(f"sqlite:///{tmp_path / 'a.db'}") as a,
+        open_store(f"sqlite:///{tmp_path / 'b.db'}") as b,
+    ):
+        for store, batch in ((a, 0), (b, 7)):  # batch ids and health are not contents
+            store.write_batch("job", batch, {"traffic": [traffic(0, "page_view", 5)]})
+        assert a.contents() == b.contents() and differences(a.contents(), b.contents()) == ""
+        assert set(a.contents()) == {
+            "traffic",
+            "segments",
+            "products",
+            "active_users",
+            "funnel",
+            "sessions",
+            "paths",
+            "errors",
+            "alerts",
+            "quarantine",
+            "counters",
+        }
+        b.write_batch("job", 8, {"traffic": [traffic(0, "page_view", 6), traffic(1, "search", 1)]})
+        lines = differences(b.contents(), a.contents()).splitlines()
+        assert len(lines) == 1 and lines[0].startswith("traffic: 2 rows, expected 1; unexpected")
+        assert "'count': 6" in lines[0] and "missing [{" in lines[0] and "'count': 5" in lines[0]
 
 
 def test_reads_are_bounded_by_time_and_limit(store_url):
