@@ -236,6 +236,55 @@ def check_idempotent_producer_config(answer: Any) -> None:
 # --- 03 structured streaming basics ------------------------------------------------------
 
 
+def sample_events(config, sample_size: int) -> list[dict]:
+    """The valid events among the first `sample_size` records `config` generates."""
+    from itertools import islice
+
+    from clickstream.simulator import Simulator
+
+    records = islice(Simulator(config).records(), sample_size)
+    return [r.event for r in records if r.kind == "valid"]
+
+
+def check_page_views_per_country(answer: Any, config, sample_size: int) -> None:
+    """Exercise 03.1: {country: page views} among the sample's events, counted with Spark."""
+    if hasattr(answer, "to_dict") and not isinstance(answer, Mapping):
+        raise ExerciseError(
+            f"expected a dict {{country: count}}, got a {type(answer).__name__}: turn it into a "
+            "dict (the rows of a Spark result with collect(), a pandas Series with .to_dict())"
+        )
+    _need(
+        isinstance(answer, Mapping),
+        f"expected a dict {{country: count}}, got {type(answer).__name__}; collect the rows of "
+        "your result into a dict",
+    )
+    sample = sample_events(config, sample_size)
+    expected = dict(Counter(e.get("country") for e in sample if e["event_type"] == "page_view"))
+    every_type = dict(Counter(e.get("country") for e in sample))
+    got = dict(answer)
+    if got == expected:
+        _correct(f"{sum(expected.values())} page views in {len(expected)} countries")
+        return
+    if got == every_type:
+        raise ExerciseError(
+            "those are the counts of every event type: keep only the page views first "
+            '(where(F.col("event_type") == "page_view")), then group by country'
+        )
+    missing = sorted(set(expected) - set(got), key=str)
+    extra = sorted(set(got) - set(expected), key=str)
+    _need(
+        not extra,
+        f"unexpected keys {extra[:5]}: the keys should be countries, such as {sorted(expected)[:3]}",
+    )
+    _need(not missing, f"countries missing from your answer: {missing}")
+    wrong = sorted(c for c in expected if got[c] != expected[c])
+    raise ExerciseError(
+        f"the counts for {wrong[:5]} are off ({sum(got.values())} page views in total, "
+        f"expected {sum(expected.values())}): count the rows of spark_df whose event_type is "
+        '"page_view", per country'
+    )
+
+
 def _valid_events(config):
     from clickstream.simulator import Simulator
 
@@ -247,7 +296,7 @@ def _valid_events(config):
 
 
 def check_device_counts(answer: Any, config) -> None:
-    """Exercise 03.1: {device: number of valid events} for everything `config` generated."""
+    """Exercise 03.2: {device: number of valid events} for everything `config` generated."""
     _need(
         isinstance(answer, Mapping),
         f"expected a dict {{device: count}}, got {type(answer).__name__}; collect the rows of "
@@ -287,7 +336,7 @@ def _as_utc(value: Any) -> datetime:
 
 
 def check_window_counts(answer: Any, config, window_s: int) -> None:
-    """Exercise 03.2: {(window_start, event_type): count} in `window_s`-second tumbling windows."""
+    """Exercise 03.3: {(window_start, event_type): count} in `window_s`-second tumbling windows."""
     from clickstream.simulator import Simulator, compute_ground_truth
 
     _need(

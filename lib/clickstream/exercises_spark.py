@@ -169,7 +169,7 @@ def _valid_event_times(config) -> list[str]:
 
 
 def check_final_windows(answer: Any, config, window_s: int = 30, delay_s: float = 20) -> None:
-    """Exercise 03.3: a streaming count of valid events per `window_s`-second window with a
+    """Exercise 03.4: a streaming count of valid events per `window_s`-second window with a
     `delay_s`-second watermark; run in append mode, it must emit exactly the final windows."""
     df = _streaming(answer, "the windowed count")
     plan = plan_text(df)
