@@ -4,9 +4,10 @@
 order, then the exercise solutions, each in its own papermill process with a per-cell timeout,
 and writes executed copies, one log per notebook and a summary table into `build/executed`.
 
-The helpers (`ensure_broker`, `reset_topics`, `reset_groups`, `reset_dir`, `jvm_output_to`)
-are what lets every notebook run alone or in order, rerun deterministically, and keep the
-JVM's console output out of its cells.
+The helpers (`ensure_broker`, `reset_topics`, `reset_groups`, `reset_dir`, `jvm_output_to`,
+`run_shown`, `start_background`) are what lets every notebook run alone or in order, rerun
+deterministically, keep the JVM's console output out of its cells, show the progress of a long
+command and leave a server running without losing track of it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +38,8 @@ KERNEL_NAME = "python3"
 CELL_TIMEOUT_S = 600  # one cell; the longest (Spark start on a busy laptop) needs ~1 minute
 NOTEBOOK_TIMEOUT_S = 1800  # a whole notebook, in case a kernel hangs outside any cell
 JVM_LOG_MAX_BYTES = 20_000_000
+# Given to the notebooks that declare them, so a headless run leaves nothing running behind it.
+HEADLESS_PARAMETERS = {"STOP_DASHBOARD": True}
 
 
 # --- running the course headless ---------------------------------------------------------
@@ -133,7 +138,8 @@ def execute_course(
     """Run the notebooks in order (then the solutions) with papermill; print and return a summary.
 
     A failing notebook does not stop the others; `CourseRun.ok` is False if any failed.
-    `parameters` are passed to every notebook (FAST is set from `fast`).
+    `parameters` are passed to every notebook (FAST is set from `fast`); the notebooks that
+    declare a parameter of HEADLESS_PARAMETERS get its value unless `parameters` has one.
     """
     output_dir = Path(output_dir)
     notebooks = course_notebooks(only, include_solutions)
@@ -158,7 +164,7 @@ def execute_course(
             log=output_dir / "logs" / relative.with_suffix(".log").name,
         )
         echo(f"[{index}/{len(notebooks)}] {run.name} ...")
-        _execute_one(run, params, cell_timeout, notebook_timeout)
+        _execute_one(run, headless_parameters(source, params), cell_timeout, notebook_timeout)
         result.runs.append(run)
         echo(f"[{index}/{len(notebooks)}] {run.name}: {run.status} ({run.seconds:.1f} s)")
         if run.error:
@@ -168,6 +174,32 @@ def execute_course(
     echo("")
     echo(result.table())
     return result
+
+
+def notebook_parameters(path: str | Path) -> dict[str, object]:
+    """The names and values the notebook's cell tagged `parameters` assigns (plain values)."""
+    import ast
+
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell.get("source", []))
+            found = {}
+            for node in ast.parse(source).body:
+                if isinstance(node, ast.Assign):
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            with contextlib.suppress(ValueError):
+                                found[target.id] = ast.literal_eval(node.value)
+            return found
+    return {}
+
+
+def headless_parameters(path: str | Path, parameters: dict) -> dict:
+    """`parameters`, plus the HEADLESS_PARAMETERS the notebook at `path` declares."""
+    declared = notebook_parameters(path)
+    extra = {k: v for k, v in HEADLESS_PARAMETERS.items() if k in declared}
+    return {**extra, **parameters}
 
 
 def _execute_one(run: NotebookRun, params: dict, cell_timeout: int, notebook_timeout: int) -> None:
@@ -340,6 +372,171 @@ def jvm_output_to(log_file: str | Path | None = None) -> Iterator[Path]:
                 os.close(copy)
 
 
+JVM_NOISE = re.compile(r"^(WARNING: |\d\d:\d\d:\d\d (WARN|INFO) |SLF4J: )")
+
+
+def run_shown(
+    args: list[str],
+    log: str | Path,
+    timeout_s: float = 600,
+    echo: Callable[[str], object] = print,
+    heartbeat_s: float | None = 10,
+    hide: re.Pattern | None = JVM_NOISE,
+) -> int:
+    """Run a command to its end, showing its output line by line as it comes, and return its
+    exit code. Every line goes to `log`; lines matching `hide` (the JVM's warnings and log
+    lines) only go there. After `heartbeat_s` seconds without a line it says how long it has
+    been running, so a long silent step (Spark starting) still shows progress.
+
+    The command runs in its own process group, stopped as a whole when it outlives `timeout_s`
+    (TimeoutError, naming the log) or when the caller is interrupted (a kernel interrupt).
+    """
+    import queue
+    import threading
+
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+    started = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # a Python child's lines as they come
+            start_new_session=True,  # its own process group: stopped as a whole
+        )
+
+        def read() -> None:
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        # The reader is a thread so that this one (the cell's) can print heartbeats while the
+        # command is silent: output printed from another thread may land in the wrong cell.
+        threading.Thread(target=read, daemon=True).start()
+        last_shown = started
+        try:
+            while True:
+                waited = time.monotonic() - started
+                if waited > timeout_s:
+                    raise TimeoutError(
+                        f"{Path(args[0]).name} did not finish within {timeout_s:.0f} s and was "
+                        f"stopped; see {log}"
+                    )
+                try:
+                    line = lines.get(timeout=min(1.0, max(0.0, timeout_s - waited)))
+                except queue.Empty:
+                    quiet = time.monotonic() - last_shown
+                    if heartbeat_s is not None and quiet >= heartbeat_s:
+                        echo(f"  ... still running ({time.monotonic() - started:.0f} s)")
+                        last_shown = time.monotonic()
+                    continue
+                if line is None:
+                    break
+                out.write(line)
+                out.flush()
+                if hide is None or not hide.search(line):
+                    echo(line.rstrip("\n"))
+                    last_shown = time.monotonic()
+            return proc.wait()
+        finally:
+            if proc.poll() is None:  # timed out, or interrupted: stop it and what it started
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+# -- processes a notebook leaves running -------------------------------------------------------
+# A notebook may leave a server running for the learner (08's dashboard). It starts it with
+# `start_background`, which records it under the state directory; the next run of the cell,
+# `stop_background` and the end of a test session (`end_test_session`) find it there. A record
+# holds the process's start time too, so a pid the system has since given to another process is
+# never signalled.
+
+
+def _background_dir(settings: Settings | None = None) -> Path:
+    return (settings or get_settings()).state_dir / "course" / "background"
+
+
+def _recorded(path: Path):
+    """The live process a record names, or None (gone, or its pid now another process's)."""
+    import psutil
+
+    try:
+        record = json.loads(path.read_text())
+        proc = psutil.Process(record["pid"])
+        if abs(proc.create_time() - record["created"]) > 0.01:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            proc.wait(timeout=0)  # reap our own child
+            return None
+        return proc
+    except (OSError, ValueError, KeyError, psutil.Error):
+        return None
+
+
+def start_background(
+    name: str, args: list[str], log: str | Path, settings: Settings | None = None
+) -> subprocess.Popen:
+    """Start `args` in a process group of its own, its output in `log`, and record it as
+    `name`; the process a previous call recorded under that name is stopped first."""
+    import psutil
+
+    stop_background(name, settings)
+    folder = _background_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    record = {"pid": proc.pid, "created": psutil.Process(proc.pid).create_time(), "args": args}
+    (folder / f"{name}.json").write_text(json.dumps(record) + "\n")
+    return proc
+
+
+def stop_background(name: str, settings: Settings | None = None, timeout_s: float = 30) -> bool:
+    """Stop the process group recorded as `name` (SIGTERM, then SIGKILL after `timeout_s`) and
+    forget it. False if it was not running."""
+    import psutil
+
+    path = _background_dir(settings) / f"{name}.json"
+    proc = _recorded(path)
+    path.unlink(missing_ok=True)
+    if proc is None:
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except psutil.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout_s)
+    except psutil.NoSuchProcess:
+        pass
+    return True
+
+
+def running_background(settings: Settings | None = None) -> dict[str, int]:
+    """{name: pid} of the recorded processes still running."""
+    folder = _background_dir(settings)
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        proc = _recorded(path)
+        if proc is not None:
+            found[path.stem] = proc.pid
+    return found
+
+
 # -- test sessions -----------------------------------------------------------------------------
 # pytest (tests/conftest.py, and notebooks/conftest.py when only notebooks are collected) calls
 # these: a private state directory and broker port for the whole session, set in the
@@ -368,12 +565,16 @@ def isolate_test_session() -> None:
 
 
 def end_test_session() -> None:
-    """Stop the session's private broker, whatever started it (a fixture or a notebook)."""
-    isolated = os.environ.get("CLICKSTREAM_STATE_DIR") == os.environ.get(
-        "CLICKSTREAM_TEST_STATE_DIR"
-    )
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or not isolated:
-        return  # never stop a broker this session did not own
+    """Stop the session's private broker, whatever started it (a fixture or a notebook), and
+    the processes its notebooks left running (nbval runs 08 as a learner does: its dashboard
+    stays up)."""
+    test_dir = os.environ.get("CLICKSTREAM_TEST_STATE_DIR")
+    if not test_dir or os.environ.get("CLICKSTREAM_STATE_DIR") != test_dir:
+        return  # never stop what this session did not start
+    for name in running_background():
+        stop_background(name)
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return  # the broker is someone else's
     from clickstream.broker import LocalBroker
 
     LocalBroker(get_settings()).down(echo=lambda message: None)

@@ -1,0 +1,206 @@
+"""Exercise check for the dashboard notebook (08): a panel of the dashboard, written by the learner.
+
+Same conventions as `clickstream.exercises`: the notebook runs the exercise through
+`exercises.attempt`, the check prints "✓ correct" or raises `ExerciseError` with one sentence
+saying what is wrong, and the solution notebook calls it directly.
+
+The check really renders the panel: `render_panel` runs it in Streamlit's headless test runner
+(`streamlit.testing.v1.AppTest`, the app's script in this process, no browser), once on the
+notebook's store and once on a small store with known numbers and no alerts, then reads back
+what the page shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from clickstream.exercises import ExerciseError, _correct, _need
+
+ALERT_COLUMNS = ["kind", "status", "opened_at", "closed_at"]
+RENDER_TIMEOUT_S = 60  # one script run; the first one imports Plotly and pandas' formatters
+
+# The known store: three one-minute windows, error rates 1.0%, 2.5% and 1.5%, no alerts.
+_KNOWN_WINDOWS = (
+    ("2026-11-28T10:00:00Z", 400, 4),
+    ("2026-11-28T10:01:00Z", 400, 10),
+    ("2026-11-28T10:02:00Z", 400, 6),
+)
+
+
+def _page(panel, snap) -> None:
+    # The whole app AppTest runs: one panel. Its body is the script, so it stays this short.
+    panel(snap)
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """Inside the block, the loggers named `loggers` report only critical errors."""
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def render_panel(panel: Callable, snap, timeout: float = RENDER_TIMEOUT_S):
+    """Run `panel(snap)` as a Streamlit app in the headless test runner; return the AppTest,
+    whose elements (`.subheader`, `.metric`, `.dataframe`, `.exception`...) are what it shows."""
+    from streamlit.testing.v1 import AppTest
+
+    # Creating an AppTest outside a script run logs a "missing ScriptRunContext" warning that
+    # the warning itself says to ignore; keep it out of the notebook's cells.
+    with _quiet("streamlit.runtime.scriptrunner_utils.script_run_context"):
+        at = AppTest.from_function(_page, args=(panel, snap), default_timeout=timeout)
+    return at.run()
+
+
+def fill_known_store(url: str) -> None:
+    """Write three windows of traffic and errors (peak error rate 2.5%) and no alert."""
+    from clickstream.serving import open_store
+
+    with open_store(url) as store:
+        rows: dict[str, list[dict]] = {"traffic": [], "errors": []}
+        for start, events, errors in _KNOWN_WINDOWS:
+            minute = int(start[14:16])
+            window = {"window_start": start, "window_end": f"{start[:14]}{minute + 1:02d}:00Z"}
+            rows["traffic"] += [
+                {**window, "event_type": "page_view", "count": events - errors},
+                {**window, "event_type": "error", "count": errors},
+            ]
+            rows["errors"].append(
+                {**window, "events": events, "errors": errors, "error_rate": errors / events}
+            )
+        store.write_batch(
+            "known",
+            0,
+            rows,
+            health={
+                "input_rows": 1200,
+                "duration_ms": 100,
+                "max_event_time": "2026-11-28T10:03:30Z",
+            },
+        )
+
+
+def _snapshot(url: str):
+    from clickstream import dashboard_data as dd
+    from clickstream.serving import open_store
+
+    with open_store(url, readonly=True) as store:
+        return dd.load_snapshot(store)
+
+
+def _shown(panel: Callable, snap, where: str):
+    """The panel rendered on `snap`; an exception inside it becomes the check's message."""
+    with _quiet("streamlit.error_util"):  # the check names the error and the line itself
+        at = render_panel(panel, snap)
+    if at.exception:
+        error = at.exception[0]
+        lines = str(error.value).strip().splitlines()
+        raised = f"{error.proto.type or 'an error'}" + (f" ({lines[0]})" if lines else "")
+        raise ExerciseError(f"on {where}, the panel raised {raised}{_failing_line(error)}")
+    return at
+
+
+def _failing_line(error) -> str:
+    """' at `code`': the panel's own line that raised, from the exception's stack trace."""
+    frames = list(getattr(error, "stack_trace", None) or [])
+    for index, frame in enumerate(frames[:-1]):
+        if frame.rstrip().endswith("panel(snap)"):  # the frame of `_page`: the panel's is next
+            code = frames[index + 1].splitlines()
+            if len(code) > 1:
+                return f" at `{code[1].strip()}`"
+    return ""
+
+
+def _metric_value(at, label: str, where: str) -> str:
+    found = [m for m in at.metric if m.label == label]
+    labels = [m.label for m in at.metric]
+    _need(
+        bool(found),
+        f"on {where}, the panel shows no metric labelled {label!r} (it shows {labels}): "
+        f"add st.metric({label!r}, value)",
+    )
+    return str(found[0].value)
+
+
+def _check_on(panel: Callable, snap, where: str) -> tuple[int, str]:
+    """Check what the panel shows for `snap`; return (alerts, peak error rate) as shown."""
+    at = _shown(panel, snap, where)
+    headers = [h.value for h in at.subheader]
+    _need(
+        "Incidents" in headers,
+        f"on {where}, the panel has no subheader 'Incidents' (it has {headers}): start it "
+        "with st.subheader('Incidents')",
+    )
+    alerts = len(snap.alerts)
+    shown_alerts = _metric_value(at, "Alerts", where)
+    _need(
+        shown_alerts.replace(",", "") == str(alerts),
+        f"on {where}, the metric 'Alerts' shows {shown_alerts!r} but the snapshot holds "
+        f"{alerts} alert(s): show len(snap.alerts)",
+    )
+    peak = f"{snap.errors['error_rate'].max():.1%}"
+    shown_peak = _metric_value(at, "Peak error rate", where)
+    _need(
+        shown_peak == peak,
+        f"on {where}, the metric 'Peak error rate' shows {shown_peak!r}, expected {peak!r}: "
+        "the highest snap.errors['error_rate'], formatted with f'{rate:.1%}'",
+    )
+    in_columns = sum(len(c.metric) for c in at.columns)
+    _need(
+        len(at.columns) >= 2 and in_columns >= 2,
+        f"on {where}, the two metrics are not side by side: put them in st.columns(2)",
+    )
+    _need(
+        len(at.dataframe) >= 1,
+        f"on {where}, the panel shows no table: show the alerts with st.dataframe(...)",
+    )
+    table = at.dataframe[0].value
+    _need(
+        list(table.columns) == ALERT_COLUMNS,
+        f"on {where}, the table's columns are {list(table.columns)}, expected {ALERT_COLUMNS}: "
+        f"select them with snap.alerts[{ALERT_COLUMNS}]",
+    )
+    _need(
+        len(table) == alerts,
+        f"on {where}, the table has {len(table)} row(s) but the snapshot holds {alerts} "
+        "alert(s): show one row per alert",
+    )
+    return alerts, peak
+
+
+def check_incidents_panel(answer: Any, store_url: str) -> None:
+    """Exercise 08.3: `render_incidents(snap)`, the Incidents panel, rendered for real."""
+    _need(
+        callable(answer),
+        f"expected the panel function render_incidents(snap), got {type(answer).__name__}",
+    )
+    try:
+        inspect.signature(answer).bind(object())
+    except TypeError:
+        raise ExerciseError(
+            "the panel must take one argument, the snapshot: def render_incidents(snap)"
+        ) from None
+    except ValueError:
+        pass  # a callable without a signature: try it
+    alerts, peak = _check_on(answer, _snapshot(store_url), "the notebook's store")
+    with tempfile.TemporaryDirectory(prefix="clickstream-panel-") as folder:
+        known = f"sqlite:///{Path(folder) / 'known.db'}"
+        fill_known_store(known)
+        known_alerts, known_peak = _check_on(
+            answer, _snapshot(known), "a store with three windows and no alert"
+        )
+    _correct(
+        f"{alerts} alert(s) and a peak error rate of {peak} on the notebook's store; "
+        f"{known_alerts} alerts and {known_peak} on a store with no alert"
+    )
