@@ -139,7 +139,7 @@ class SparkCluster:
         )
         meta = {"master_pid": master, "master_url": url, "web_port": web, "worker_pids": []}
         self.meta_file.write_text(json.dumps(meta))
-        self._wait(lambda: self._master_json() is not None, "the master to answer", master)
+        self._wait(lambda: self.master_state() is not None, "the master to answer", master)
         for i in range(workers):
             pid = self._spawn(
                 f"worker-{i + 1}",
@@ -171,7 +171,9 @@ class SparkCluster:
         )
         return st
 
-    def _master_json(self) -> dict | None:
+    def master_state(self) -> dict | None:
+        """The master's own report (its web UI's `/json/`): workers, `activeapps` and
+        `completedapps`; None if no master of this cluster answers."""
         web = self.meta().get("web_port")
         if not web:
             return None
@@ -181,8 +183,23 @@ class SparkCluster:
         except (OSError, ValueError):
             return None
 
+    def applications(self, name: str | None = None, wait_s: float = 10) -> list[dict]:
+        """The applications the master ran or runs (running first), only those called `name`
+        if given; each has its `id`, `name`, `cores`, `state`. Waits up to `wait_s` for a busy
+        master to answer."""
+        deadline = time.monotonic() + wait_s
+        while (state := self.master_state()) is None:
+            if time.monotonic() >= deadline:
+                raise ClusterError(
+                    "The Spark master's web UI did not answer: is the cluster running? "
+                    "(`clickstream spark-cluster status`)"
+                )
+            time.sleep(0.5)
+        apps = [*state.get("activeapps", []), *state.get("completedapps", [])]
+        return [a for a in apps if name is None or a.get("name") == name]
+
     def _alive_workers(self) -> list[dict]:
-        data = self._master_json() or {}
+        data = self.master_state() or {}
         return [w for w in data.get("workers", []) if w.get("state") == "ALIVE"]
 
     def _wait(self, check, what: str, master_pid: int) -> None:

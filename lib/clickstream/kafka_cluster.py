@@ -194,10 +194,12 @@ class LocalKafkaCluster:
         if running and with_topics:
             from clickstream.kafka_io import describe_topics
 
-            st.topics = describe_topics(self._live_bootstrap())
+            st.topics = describe_topics(self.live_bootstrap_servers())
         return st
 
-    def _live_bootstrap(self) -> str:
+    def live_bootstrap_servers(self) -> str:
+        """The addresses of the nodes running now (`bootstrap_servers` lists every node, stopped
+        ones too), for clients that connect while a node is down."""
         live = set(self.running_nodes())
         return ",".join(f"127.0.0.1:{n['port']}" for n in self.nodes() if n["node_id"] in live)
 

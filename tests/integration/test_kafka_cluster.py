@@ -79,7 +79,9 @@ def test_losing_one_of_three_brokers_loses_no_acknowledged_event(kafka_cluster):
 
     assert failed == []
     assert len(acked) == total
-    values = [m.value for m in read_all("orders", kafka_cluster._live_bootstrap(), timeout_s=30)]
+    values = [
+        m.value for m in read_all("orders", kafka_cluster.live_bootstrap_servers(), timeout_s=30)
+    ]
     assert sorted(values) == sorted(acked)  # every acknowledged event is there, once
 
     kafka_cluster.start_node(victim, echo=said.append)

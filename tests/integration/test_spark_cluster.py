@@ -59,7 +59,7 @@ def test_cluster_lifecycle_and_pipeline_on_two_workers(cluster, bootstrap, topic
         got = store_rows(store)
     assert got == truth.rows, diff(got, truth.rows)
     # It ran as an application of this master, with an executor on each worker (a core each).
-    apps = [a for a in cluster._master_json()["completedapps"] if a["name"] == "clickstream-stream"]
+    apps = cluster.applications("clickstream-stream")
     assert len(apps) == 1 and apps[0]["cores"] == 2, apps
 
     pids = [cluster.meta()["master_pid"], *cluster.meta()["worker_pids"]]

@@ -1,126 +1,92 @@
-"""Exercise checks of notebook 09 (`clickstream.exercises_scaling`).
+"""Exercise checks of notebook 10 (`clickstream.exercises_scaling`).
 
-Every check must accept the reference answer and name the usual mistakes; the example
-checkpoints must read the same with `clickstream.lag` as Spark's own; the batch plan must be
-the one Spark 4.2 ran (numbers measured with availableNow and maxOffsetsPerTrigger).
+Every check must accept the reference answer and name the usual mistakes.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
 from clickstream import exercises_scaling as ex
 from clickstream.exercises import CORRECT, ExerciseError
-from clickstream.lag import committed_offsets
 
 
-def lag_from_checkpoint(checkpoint, topic, end_offsets):
-    """The reference answer to 09.1."""
-    commits = [int(p.name) for p in (Path(checkpoint) / "commits").iterdir() if p.name.isdigit()]
-    last = (Path(checkpoint) / "offsets" / str(max(commits))).read_text().splitlines()[-1]
-    import json
-
-    position = {int(p): o for p, o in json.loads(last)[topic].items()}
-    return {p: end - position.get(p, 0) for p, end in end_offsets.items()}
+def test_tasks_and_waves_rule():
+    assert ex.tasks_and_waves(6, 1, 2) == (2, 3)
+    assert ex.tasks_and_waves(1, 2, 1) == (1, 1)
+    assert ex.tasks_and_waves(7, 2, 2) == (4, 2)
+    assert ex.tasks_and_waves(0, 2, 2) == (0, 0)
 
 
-def batches_by_rule(backlog, cap):
-    return len(ex.plan_batches(backlog, cap))
-
-
-def test_example_checkpoints_read_like_spark_ones(tmp_path):
-    ex.write_spark_checkpoint(tmp_path, "t", [{0: 5, 1: 7}, {0: 9, 1: 12}, {0: 20, 1: 20}], 1)
-    assert committed_offsets(tmp_path) == {"t": {0: 9, 1: 12}}
-    assert sorted(p.name for p in (tmp_path / "commits").iterdir()) == [
-        ".0.crc",
-        ".1.crc",
-        "0",
-        "1",
-    ]
-
-
-def test_checkpoint_lag_accepts_the_reference_and_names_mistakes(capsys):
-    ex.check_checkpoint_lag(lag_from_checkpoint)
+def test_tasks_and_waves_accepts_the_rule_and_names_mistakes(capsys):
+    ex.check_tasks_and_waves(ex.tasks_and_waves)
     assert CORRECT in capsys.readouterr().out
 
-    def newest_planned(checkpoint, topic, end_offsets):
-        import json
+    def every_core_busy(partitions, executors, cores):
+        return (executors * cores, math.ceil(partitions / (executors * cores)))
 
-        ids = [int(p.name) for p in (Path(checkpoint) / "offsets").iterdir() if p.name.isdigit()]
-        last = (Path(checkpoint) / "offsets" / str(max(ids))).read_text().splitlines()[-1]
-        position = {int(p): o for p, o in json.loads(last)[topic].items()}
-        return {p: end - position.get(p, 0) for p, end in end_offsets.items()}
+    with pytest.raises(ExerciseError, match="fewer partitions than cores"):
+        ex.check_tasks_and_waves(every_core_busy)
 
-    with pytest.raises(ExerciseError, match="no commits/3"):
-        ex.check_checkpoint_lag(newest_planned)
+    def one_task_each(partitions, executors, cores):
+        return (partitions, 1 if partitions else 0)
 
-    def sorted_as_text(checkpoint, topic, end_offsets):
-        import json
+    with pytest.raises(ExerciseError, match="one task at a time"):
+        ex.check_tasks_and_waves(one_task_each)
 
-        names = [p.name for p in (Path(checkpoint) / "commits").iterdir() if p.name.isdigit()]
-        last = (Path(checkpoint) / "offsets" / max(names)).read_text().splitlines()[-1]
-        position = {int(p): o for p, o in json.loads(last)[topic].items()}
-        return {p: end - position.get(p, 0) for p, end in end_offsets.items()}
+    def rounds_down(partitions, executors, cores):
+        return (min(partitions, executors * cores), partitions // (executors * cores))
 
-    with pytest.raises(ExerciseError, match="as numbers"):
-        ex.check_checkpoint_lag(sorted_as_text)
+    with pytest.raises(ExerciseError, match="round up"):
+        ex.check_tasks_and_waves(rounds_down)
 
-    def forgets_new_partitions(checkpoint, topic, end_offsets):
-        import json
+    def per_executor(partitions, executors, cores):
+        return (min(partitions, executors * cores), math.ceil(partitions / executors))
 
-        commits = [
-            int(p.name) for p in (Path(checkpoint) / "commits").iterdir() if p.name.isdigit()
-        ]
-        last = (Path(checkpoint) / "offsets" / str(max(commits))).read_text().splitlines()[-1]
-        position = {int(p): o for p, o in json.loads(last)[topic].items()}
-        return {p: end_offsets[p] - o for p, o in position.items()}
+    with pytest.raises(ExerciseError, match="as many tasks at once as it has cores"):
+        ex.check_tasks_and_waves(per_executor)
 
-    with pytest.raises(ExerciseError, match="added to the topic after the last batch"):
-        ex.check_checkpoint_lag(forgets_new_partitions)
-
-    with pytest.raises(ExerciseError, match="raised ValueError"):
-        ex.check_checkpoint_lag(lambda c, t, e: {int(p.name): 0 for p in Path(c).iterdir()})
+    with pytest.raises(ExerciseError, match="a pair of ints"):
+        ex.check_tasks_and_waves(lambda p, e, c: [2, 3])
+    with pytest.raises(ExerciseError, match="raised ZeroDivisionError"):
+        ex.check_tasks_and_waves(lambda p, e, c: (min(p, e * c), p // 0))
 
 
-def test_plan_batches_is_what_spark_ran():
-    # Measured with Spark 4.2: availableNow, maxOffsetsPerTrigger, a 3-partition topic.
-    backlog = {0: 1370, 1: 1025, 2: 1255}
-    assert ex.plan_batches(backlog, None) == [3650]
-    assert ex.plan_batches(backlog, 1000) == [998, 998, 999, 655]
-    assert ex.plan_batches(backlog, 500) == [498, 498, 499, 498, 498, 499, 498, 162]
-    assert ex.plan_batches(backlog, 200)[:10] == [199, 199, 199, 199, 198, 199, 198, 198, 198, 199]
-    assert ex.plan_batches(backlog, 200)[10:] == [199, 198, 198, 199, 198, 199, 198, 199, 76]
-    assert ex.plan_batches({0: 0}, 10) == []
-    assert ex.plan_batches({0: 5000, 1: 1}, 1000)[0] == 1000  # the small partition is not starved
-
-
-def test_micro_batches_accepts_the_rule_and_explains_ceil(capsys):
-    ex.check_micro_batches(
-        batches_by_rule, {0: 1370, 1: 1025, 2: 1255}, {None: 1, 1000: 4, 200: 19}
-    )
-    assert "including the 3 runs measured above" in capsys.readouterr().out
-
-    def ceil(backlog, cap):
-        total = sum(backlog.values())
-        return 0 if not total else 1 if cap is None else math.ceil(total / cap)
-
-    with pytest.raises(ExerciseError, match=r"ceil\(total / cap\)"):
-        ex.check_micro_batches(ceil)
-    with pytest.raises(ExerciseError, match="one batch"):
-        ex.check_micro_batches(lambda b, c: len(ex.plan_batches(b, c or 100)))
-    with pytest.raises(ExerciseError, match="expected an int"):
-        ex.check_micro_batches(lambda b, c: 2.0)
-
-
-def test_catch_up(capsys):
-    ex.check_catch_up(ex.catch_up_seconds)
+def test_write_accepted_accepts_the_rule_and_names_mistakes(capsys):
+    ex.check_write_accepted(ex.write_accepted)
     assert CORRECT in capsys.readouterr().out
-    with pytest.raises(ExerciseError, match="keep arriving"):
-        ex.check_catch_up(lambda lag, i, p: lag / p if p > i else math.inf)
-    with pytest.raises(ExerciseError, match="math.inf"):
-        ex.check_catch_up(lambda lag, i, p: lag / (p - i) if p != i else math.inf)
-    with pytest.raises(ExerciseError, match="expected the function"):
-        ex.check_catch_up(40.0)
+
+    def ignores_acks(rf, isr, up, acks):
+        return up >= max(1, isr)
+
+    with pytest.raises(ExerciseError, match="acks=1 waits for the leader only"):
+        ex.check_write_accepted(ignores_acks)
+
+    def leader_is_enough(rf, isr, up, acks):
+        return up >= 1
+
+    with pytest.raises(ExerciseError, match="NotEnoughReplicas"):
+        ex.check_write_accepted(leader_is_enough)
+
+    def majority(rf, isr, up, acks):
+        return up > rf // 2 if acks == "all" else up >= 1
+
+    with pytest.raises(ExerciseError, match="at least min.insync.replicas"):
+        ex.check_write_accepted(majority)
+
+    def forgets_the_leader(rf, isr, up, acks):
+        return up >= isr if acks == "all" else True
+
+    with pytest.raises(ExerciseError, match="no leader"):
+        ex.check_write_accepted(forgets_the_leader)
+
+    def caps_at_rf(rf, isr, up, acks):
+        return up >= min(isr, rf) and up >= 1 if acks == "all" else up >= 1
+
+    with pytest.raises(ExerciseError, match="above its replication factor"):
+        ex.check_write_accepted(caps_at_rf)
+
+    with pytest.raises(ExerciseError, match="True or False"):
+        ex.check_write_accepted(lambda rf, isr, up, acks: "accepted")
