@@ -113,9 +113,18 @@ def extra_java_options() -> list[str]:
 
 
 def class_archive_path(folder: Path, name: str, java: JavaInfo, classpath: Iterable[Path]) -> Path:
-    """The archive for this Java and these jars: another Java, another jar set or the same jars
-    elsewhere (the JVM checks the class path it was recorded with) gets an archive of its own."""
-    key = "\n".join([java.executable, java.version, *sorted(str(p) for p in classpath)])
+    """The archive for this Java and these jars: another Java, another jar set, the same jars
+    elsewhere or the same jars installed again (the JVM checks the class path it was recorded
+    with, and each jar's size and modification time) gets an archive of its own."""
+
+    def jar(path: Path) -> str:
+        try:
+            st = Path(path).stat()
+        except OSError:
+            return str(path)
+        return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+
+    key = "\n".join([java.executable, java.version, *sorted(jar(p) for p in classpath)])
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return folder / f"{name}-java-{java.major}-{digest}.jsa"
 

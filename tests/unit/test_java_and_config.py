@@ -157,6 +157,28 @@ def test_spark_class_archive_is_kept_per_java_and_pyspark(tmp_path):
     assert path != class_archive(settings, JavaInfo("/opt/other/bin/java", 17, "17.0.15"))
 
 
+def test_a_class_archive_is_recorded_again_for_reinstalled_jars(tmp_path):
+    """The JVM refuses an archive, silently, once a jar on its class path has another size or
+    modification time (a virtual environment made again at the same path): such jars get an
+    archive of their own."""
+    import os
+
+    from clickstream.java import JavaInfo, class_archive_path
+
+    java17 = JavaInfo("/opt/jdk17/bin/java", 17, "17.0.15")
+    jars = [tmp_path / "a.jar", tmp_path / "b.jar"]
+    for jar in jars:
+        jar.write_bytes(b"PK")
+    first = class_archive_path(tmp_path, "spark", java17, jars)
+    assert first == class_archive_path(tmp_path, "spark", java17, list(reversed(jars)))
+    os.utime(jars[1], ns=(1_000_000_000, 1_000_000_000))
+    touched = class_archive_path(tmp_path, "spark", java17, jars)
+    assert touched != first
+    jars[1].write_bytes(b"PK.")
+    os.utime(jars[1], ns=(1_000_000_000, 1_000_000_000))
+    assert class_archive_path(tmp_path, "spark", java17, jars) != touched
+
+
 def test_kafka_class_archive_is_kept_per_java_and_kafka_version(tmp_path):
     from dataclasses import replace
 
