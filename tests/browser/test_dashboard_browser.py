@@ -30,7 +30,8 @@ import pytest
 from clickstream import dashboard_data as dd
 from clickstream.broker import free_port
 from clickstream.serving import open_store
-from tests.conftest import CLICKSTREAM, require_tool
+from tests.browser.chromium import chromium
+from tests.conftest import CLICKSTREAM
 from tests.stream_process import kill_group, stream_command
 from tests.stream_process import start as start_stream
 
@@ -40,16 +41,6 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACT = REPO / "test-artifacts" / "dashboard.png"
 NOTEBOOK_IMAGE = REPO / "notebooks" / "images" / "dashboard.png"
 UPDATE_IMAGES = os.environ.get("CLICKSTREAM_UPDATE_NOTEBOOK_IMAGES") == "1"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HEADLINE = ("Page views / min", "Current window", "Active users", "Conversion", "Error rate")
 PRODUCE_RATE = 100.0  # events/s; the simulator's event time runs at 50 events/s, so a
 # one-minute window fills in about 30 s of wall time and the headline moves on every 30 s.
@@ -118,13 +109,8 @@ def stream_job(tmp_path):
 
 @pytest.fixture
 def browser():
-    exe = require_tool("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def headline_values(page) -> dict[str, str]:

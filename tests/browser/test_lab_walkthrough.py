@@ -39,8 +39,7 @@ import pytest
 
 from clickstream.broker import free_port
 from clickstream.course import NOTEBOOKS_DIR, course_notebooks
-from tests.browser.test_dashboard_browser import CHROMIUM_ARGS
-from tests.conftest import require_tool
+from tests.browser.chromium import chromium
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "lab"
@@ -174,13 +173,8 @@ def stop_server(proc: subprocess.Popen, server: LabServer) -> None:
 
 @pytest.fixture(scope="module")
 def browser():
-    exe = require_tool("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
