@@ -172,9 +172,16 @@ def test_headless_runs_set_the_parameters_a_notebook_declares(tmp_path):
     from clickstream.course import headless_parameters, notebook_parameters
 
     def notebook(source: str) -> Path:
-        cell = {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": source}
+        import nbformat
+
+        nb = nbformat.v4.new_notebook(
+            cells=[nbformat.v4.new_code_cell(source, metadata={"tags": ["parameters"]})],
+            metadata={
+                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+            },
+        )
         path = tmp_path / f"nb{len(list(tmp_path.iterdir()))}.ipynb"
-        path.write_text(json.dumps({"cells": [cell]}))
+        nbformat.write(nb, path)
         return path
 
     with_dashboard = notebook("FAST = False\nSTOP_DASHBOARD = False  # keep it up\n")

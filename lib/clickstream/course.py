@@ -177,22 +177,17 @@ def execute_course(
 
 
 def notebook_parameters(path: str | Path) -> dict[str, object]:
-    """The names and values the notebook's cell tagged `parameters` assigns (plain values)."""
+    """The names and values the notebook's cell tagged `parameters` assigns (plain values), as
+    papermill reads them."""
     import ast
 
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    for cell in nb.get("cells", []):
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            source = "".join(cell.get("source", []))
-            found = {}
-            for node in ast.parse(source).body:
-                if isinstance(node, ast.Assign):
-                    for target in node.targets:
-                        if isinstance(target, ast.Name):
-                            with contextlib.suppress(ValueError):
-                                found[target.id] = ast.literal_eval(node.value)
-            return found
-    return {}
+    import papermill
+
+    found = {}
+    for name, parameter in papermill.inspect_notebook(str(path)).items():
+        with contextlib.suppress(ValueError, SyntaxError):
+            found[name] = ast.literal_eval(parameter["default"])
+    return found
 
 
 def headless_parameters(path: str | Path, parameters: dict) -> dict:
