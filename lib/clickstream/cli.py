@@ -918,13 +918,15 @@ def _cell(value) -> str:
 @click.option("--where", "where", multiple=True, help="COLUMN=VALUE filter (repeatable).")
 def metrics_command(name, store_url, as_json, since, until, limit, where):
     """Print metric NAME from the serving store (NAME: traffic, segments, products,
-    active_users, funnel, sessions, paths, errors, alerts, quarantine, counters, or health)."""
-    from clickstream.serving import METRICS, iso, metric, open_store
+    active_users, funnel, sessions, paths, errors, alerts, quarantine, counters, or health; a
+    windowed metric's rollups too, such as traffic_5m or segments_30m)."""
+    from clickstream.serving import METRICS, iso, metric, open_store, tables
 
     if name != "health":
-        if name not in METRICS:
+        if name not in tables():
             raise ClickstreamError(
-                f"Unknown metric {name!r}; choose one of: {', '.join(METRICS)}, health."
+                f"Unknown metric {name!r}; choose one of: {', '.join(METRICS)}, health (or a "
+                "rollup such as traffic_5m or traffic_30m)."
             )
         columns = list(metric(name).all_columns)
     else:

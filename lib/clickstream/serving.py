@@ -19,12 +19,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
 from clickstream.errors import ClickstreamError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: rollup tables, and the windows each batch touched in its ledger row
 
 
 class StoreError(ClickstreamError):
@@ -49,7 +50,7 @@ class Metric:
     windowed: bool = True
     description: str = ""
 
-    @property
+    @cached_property
     def all_columns(self) -> tuple[str, ...]:
         cols = list(self.key) + [c for c in self.columns if c not in self.key]
         if self.windowed and "window_end" not in cols:
@@ -146,7 +147,8 @@ def iso(value) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _normalise(metric: Metric, row: Mapping) -> dict:
+def normalise(metric: Metric, row: Mapping) -> dict:
+    """A row with exactly the metric's columns, times as ISO text."""
     out = {}
     for col in metric.all_columns:
         value = row.get(col)
@@ -156,13 +158,48 @@ def _normalise(metric: Metric, row: Mapping) -> dict:
     return out
 
 
+def _rollups():
+    """`clickstream.rollups`, which builds on this module's names (imported when first used)."""
+    from clickstream import rollups
+
+    return rollups
+
+
+def tables() -> dict[str, Metric]:
+    """Every table a store keeps: the metrics, then their rollups (`clickstream.rollups`)."""
+    return {**METRICS, **_rollups().ROLLUP_TABLES}
+
+
 def metric(name: str) -> Metric:
-    try:
-        return METRICS[name]
-    except KeyError:
+    """The metric or rollup table called `name`."""
+    found = METRICS.get(name) or tables().get(name)
+    if found is None:
         raise StoreError(
-            f"Unknown metric {name!r}; the store holds: {', '.join(METRICS)}."
-        ) from None
+            f"Unknown metric {name!r}; the store holds: {', '.join(METRICS)} (and their "
+            "rollups, such as traffic_5m)."
+        )
+    return found
+
+
+def touched_windows(rows: Mapping[str, Iterable[Mapping]]) -> tuple[str | None, str | None]:
+    """The first and last window start among a batch's windowed rows (None, None if none):
+    kept with the batch, so a reader can re-read just what the batch changed."""
+    starts = [
+        iso(r["window_start"])
+        for name, items in rows.items()
+        if metric(name).windowed
+        for r in items
+    ]
+    return (min(starts), max(starts)) if starts else (None, None)
+
+
+def ledger_row(job: str, batch_id: int, rows: Mapping, health: Mapping | None) -> dict:
+    """The batch's row in the ledger: its health, when it committed, the windows it touched."""
+    h = dict(health or {})
+    first, last = touched_windows(rows)
+    h.update(job=job, batch_id=batch_id, committed_at=h.get("committed_at") or time.time())
+    h.update(windows_from=first, windows_to=last)
+    return h
 
 
 def differences(got: Mapping[str, list], want: Mapping[str, list], limit: int = 5) -> str:
@@ -270,6 +307,8 @@ HEALTH_COLUMNS = (
     "state_rows",
     "state_memory_bytes",
     "state_operators",  # JSON: rows and memory per stateful operator
+    "windows_from",  # the first and last window start the batch wrote (rollups excluded)
+    "windows_to",
 )
 
 
@@ -307,7 +346,7 @@ class SQLiteStore(Store):
                 f"{self.url} has store schema version {row[0]}, this library writes "
                 f"{SCHEMA_VERSION}: start over with `clickstream stream --reset`."
             )
-        for m in METRICS.values():
+        for m in tables().values():
             cols = ", ".join(f'"{col}"' for col in m.all_columns)
             key = ", ".join(f'"{col}"' for col in m.key)
             c.execute(f'CREATE TABLE IF NOT EXISTS "{m.name}" ({cols}, PRIMARY KEY ({key}))')
@@ -320,6 +359,9 @@ class SQLiteStore(Store):
             + ", ".join(HEALTH_COLUMNS)
             + ", PRIMARY KEY (job, batch_id))"
         )
+        # The dashboard asks for the newest batches on every refresh: by index, not a scan.
+        c.execute("CREATE INDEX IF NOT EXISTS batches_committed ON batches (committed_at)")
+        c.execute("CREATE INDEX IF NOT EXISTS batches_job ON batches (job, committed_at)")
         c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         c.commit()
 
@@ -339,21 +381,27 @@ class SQLiteStore(Store):
             if done:
                 return False
             for name, items in rows.items():
-                m = metric(name)
-                cols = m.all_columns
-                sql = (
-                    f'INSERT OR REPLACE INTO "{m.name}" ({", ".join(chr(34) + x + chr(34) for x in cols)}) '
-                    f"VALUES ({', '.join('?' for _ in cols)})"
-                )
-                c.executemany(sql, [tuple(_normalise(m, r)[x] for x in cols) for r in items])
-            h = dict(health or {})
-            h.update(job=job, batch_id=batch_id, committed_at=h.get("committed_at") or time.time())
+                self._upsert(name, items)
+            # Same transaction: the rollups of every bucket the batch touched (reads see it).
+            for name, items in _rollups().rollup_rows(self.read, rows).items():
+                self._upsert(name, items)
+            h = ledger_row(job, batch_id, rows, health)
             c.execute(
                 f"INSERT INTO batches ({', '.join(HEALTH_COLUMNS)}) "
                 f"VALUES ({', '.join('?' for _ in HEALTH_COLUMNS)})",
                 tuple(h.get(col) for col in HEALTH_COLUMNS),
             )
         return True
+
+    def _upsert(self, name: str, items: Iterable[Mapping]) -> None:
+        m = metric(name)
+        cols = m.all_columns
+        sql = (
+            f'INSERT OR REPLACE INTO "{m.name}" ({", ".join(chr(34) + x + chr(34) for x in cols)}) '
+            f"VALUES ({', '.join('?' for _ in cols)})"
+        )
+        rows = (normalise(m, r) for r in items)
+        self.conn.executemany(sql, [tuple(r[x] for x in cols) for r in rows])
 
     def read(self, name, since=None, until=None, limit=None, where=None) -> list[dict]:
         m = metric(name)
@@ -405,7 +453,7 @@ class SQLiteStore(Store):
 
     def reset(self) -> None:
         with self.conn:
-            for m in METRICS.values():
+            for m in tables().values():
                 self.conn.execute(f'DELETE FROM "{m.name}"')
             self.conn.execute("DELETE FROM batches")
 
@@ -453,18 +501,20 @@ class RedisStore(Store):
         self._ensure_version()
         if self.r.sismember(self._k("batches", job), batch_id):
             return False
+        # The rollups of the buckets the batch touches, from what the store holds with the
+        # batch's rows in place; written in the same MULTI/EXEC as the batch.
+        rolled = _rollups().rollup_rows(self.read, rows)
         pipe = self.r.pipeline(transaction=True)  # MULTI/EXEC: all of the batch or nothing
-        for name, items in rows.items():
+        for name, items in [*rows.items(), *rolled.items()]:
             m = metric(name)
             for row in items:
-                row = _normalise(m, row)
+                row = normalise(m, row)
                 field = json.dumps([row[k] for k in m.key])
                 pipe.hset(self._k("m", m.name), field, json.dumps(row))
                 if m.windowed:
                     score = datetime.fromisoformat(row["window_start"].replace("Z", "+00:00"))
                     pipe.zadd(self._k("idx", m.name), {field: score.timestamp()})
-        h = dict(health or {})
-        h.update(job=job, batch_id=batch_id, committed_at=h.get("committed_at") or time.time())
+        h = ledger_row(job, batch_id, rows, health)
         pipe.zadd(self._k("health", job), {json.dumps(h, default=str): float(batch_id)})
         pipe.zremrangebyrank(self._k("health", job), 0, -501)  # keep the last 500 batches
         pipe.sadd(self._k("batches", job), batch_id)

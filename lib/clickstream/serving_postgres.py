@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from clickstream.serving import (
@@ -37,9 +36,11 @@ from clickstream.serving import (
     Store,
     StoreError,
     StoreVersionError,
-    _normalise,
     iso,
+    ledger_row,
     metric,
+    normalise,
+    tables,
 )
 
 DEFAULT_SCHEMA = "clickstream"
@@ -48,13 +49,14 @@ TIME, FLOAT, INT, TEXT = "timestamptz", "double precision", "bigint", "text"
 # The PostgreSQL type of every column the metrics and the health rows use.
 COLUMN_TYPES: dict[str, str] = {
     **dict.fromkeys(("window_start", "window_end", "opened_at", "closed_at"), TIME),
-    **dict.fromkeys(("max_event_time", "watermark"), TIME),
+    **dict.fromkeys(("max_event_time", "watermark", "windows_from", "windows_to"), TIME),
     **dict.fromkeys(("revenue", "error_rate", "duration_s", "peak", "baseline"), FLOAT),
     **dict.fromkeys(("committed_at", "duration_ms", "input_rate", "processing_rate"), FLOAT),
     **dict.fromkeys(
         ("count", "views", "carts", "purchases", "users", "viewed", "carted", "purchased"), INT
     ),
     **dict.fromkeys(("events", "errors", "value", "batch_id", "input_rows", "lag"), INT),
+    **dict.fromkeys(("sessions", "duration_bin"), INT),
     **dict.fromkeys(
         ("late_dropped", "duplicates_removed", "state_rows", "state_memory_bytes"), INT
     ),
@@ -228,7 +230,7 @@ class PostgresStore(Store):
                     f"{self.url} has store schema version {row[0]}, this library writes "
                     f"{SCHEMA_VERSION}: start over with `clickstream stream --reset`."
                 )
-            for m in METRICS.values():
+            for m in tables().values():
                 cols = ", ".join(
                     f"{_q(c)} {column_type(c)}" + (" NOT NULL" if c in m.key else "")
                     for c in m.all_columns
@@ -246,6 +248,15 @@ class PostgresStore(Store):
             cur.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._t('batches')} "
                 f"({health}, PRIMARY KEY (job, batch_id))"
+            )
+            # The dashboard asks for the newest batches on every refresh: by index.
+            cur.execute(
+                f"CREATE INDEX IF NOT EXISTS batches_committed ON {self._t('batches')} "
+                "(committed_at)"
+            )
+            cur.execute(
+                f"CREATE INDEX IF NOT EXISTS batches_job ON {self._t('batches')} "
+                "(job, committed_at)"
             )
             staged = ", ".join(
                 f"{_q(c)} {TEXT if column_type(c) == TIME else column_type(c)}"
@@ -292,8 +303,7 @@ class PostgresStore(Store):
                 self._stage_with_spark(spark, staged)
             else:
                 self._stage_with_sql(staged)
-        names = [name for name, items in rows.items() if items]
-        return self._commit(job, batch_id, names, len(staged), health)
+        return self._commit(job, batch_id, rows, len(staged), health)
 
     def staging_rows(self, job: str, batch_id: int, rows) -> list[tuple]:
         """The batch as staging rows: (job, batch_id, metric, seq, *STAGING_COLUMNS)."""
@@ -303,7 +313,7 @@ class PostgresStore(Store):
             m = metric(name)
             for row in items:
                 values: list = [None] * len(STAGING_COLUMNS)
-                for col, value in _normalise(m, row).items():
+                for col, value in normalise(m, row).items():
                     values[index[col]] = _staged_value(m.name, col, value)
                 out.append((job, int(batch_id), m.name, len(out), *values))
         return out
@@ -366,11 +376,13 @@ class PostgresStore(Store):
             for row in staged:
                 copy.write_row(row)
 
-    def _commit(self, job, batch_id, names: list[str], expected: int, health) -> bool:
+    def _commit(self, job, batch_id, rows, expected: int, health) -> bool:
         """Apply the staged batch in one transaction; False if it had been applied before."""
+        from clickstream.rollups import rollup_rows
+
         psycopg = self._psycopg
-        h = dict(health or {})
-        h.update(job=job, batch_id=batch_id, committed_at=h.get("committed_at") or time.time())
+        rows = {name: list(items) for name, items in rows.items()}
+        h = ledger_row(job, batch_id, rows, health)
         try:
             with self.conn.transaction(), self.conn.cursor() as cur:
                 cur.execute(
@@ -393,8 +405,13 @@ class PostgresStore(Store):
                         f"staging table of {self.url}; nothing was applied. Run the job again: "
                         "it retries the batch."
                     )
-                for name in names:
-                    self._upsert(cur, name, job, batch_id)
+                for name, items in rows.items():
+                    if items:
+                        self._upsert(cur, name, job, batch_id)
+                # The rollups of the buckets the batch touched, read and written in the same
+                # transaction (the reads go through this connection, so they see the batch).
+                for name, items in rollup_rows(self.read, rows).items():
+                    self._upsert_rows(cur, name, items)
                 cur.execute(
                     f"DELETE FROM {self._t('staging')} WHERE job = %s AND batch_id <= %s",
                     (job, batch_id),
@@ -421,6 +438,19 @@ class PostgresStore(Store):
             f"ORDER BY {key}, seq DESC "
             f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
             (job, batch_id, m.name),
+        )
+
+    def _upsert_rows(self, cur, name: str, items: list[dict]) -> None:
+        """Upsert rows given in Python (the rollups) by their key."""
+        m = metric(name)
+        cols = m.all_columns
+        key = ", ".join(_q(c) for c in m.key)
+        values = ", ".join(f"%s::{TIME}" if column_type(c) == TIME else "%s" for c in cols)
+        updates = ", ".join(f"{_q(c)} = EXCLUDED.{_q(c)}" for c in cols if c not in m.key)
+        cur.executemany(
+            f"INSERT INTO {self._t(m.name)} ({', '.join(_q(c) for c in cols)}) "
+            f"VALUES ({values}) ON CONFLICT ({key}) DO UPDATE SET {updates}",
+            [tuple(normalise(m, r)[c] for c in cols) for r in items],
         )
 
     def jdbc(self) -> tuple[str, dict[str, str]]:
@@ -494,15 +524,15 @@ class PostgresStore(Store):
         out = []
         for values in self._query(sql, params):
             row = dict(zip(HEALTH_COLUMNS, values, strict=True))
-            for col in ("max_event_time", "watermark"):
+            for col in ("max_event_time", "watermark", "windows_from", "windows_to"):
                 row[col] = iso(row[col])
             out.append(row)
         return out
 
     def reset(self) -> None:
-        tables = ", ".join(self._t(t) for t in (*METRICS, "batches", "staging"))
+        names = ", ".join(self._t(t) for t in (*tables(), "batches", "staging"))
         with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(f"TRUNCATE {tables}")
+            cur.execute(f"TRUNCATE {names}")
 
     def close(self) -> None:
         self.conn.close()

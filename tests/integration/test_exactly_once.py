@@ -18,6 +18,7 @@ import pytest
 
 from clickstream.kafka_io import ensure_topic
 from clickstream.producer import produce
+from clickstream.rollups import rollup_differences
 from clickstream.serving import open_store
 from tests.stream_process import (
     SPARK_FIGURES,
@@ -145,8 +146,14 @@ def test_killed_three_times_the_store_still_equals_the_ground_truth(
             kill_group(proc, signal.SIGKILL)
     with open_store(store_url) as store:
         got = store_rows(store)
+        rollups_off = rollup_differences(store)
+        traffic_30m = sum(r["count"] for r in store.read("traffic_30m"))
     want = without_spark_figures(truth.rows)
     assert without_spark_figures(got) == want, f"kills after {kill_points}\n{diff(got, want)}"
+    # The rollups were written in the batches' transactions too: after the kills they are still
+    # the exact aggregates of their finer windows, and hold every counted event.
+    assert rollups_off == "", f"kills after {kill_points}\n{rollups_off}"
+    assert traffic_30m == sum(r["count"] for r in truth.rows["traffic"])
     # Spark's own figures: a kill can lose the last batch's report, never count one twice.
     figures = {r["name"]: r["value"] for r in got["counters"]}
     for name in SPARK_FIGURES:

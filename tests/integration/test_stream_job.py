@@ -15,6 +15,7 @@ from datetime import datetime
 import pytest
 
 from clickstream.kafka_io import delete_topic, ensure_topic, read_all, send_all
+from clickstream.rollups import rollup_differences
 from clickstream.serving import SCHEMA_VERSION, open_store
 from clickstream.simulator import SimConfig
 from clickstream.stream import (
@@ -97,7 +98,14 @@ def test_every_metric_equals_the_ground_truth(
         with open_store(store_url) as store:
             got = store_rows(store)
             health = store.health(JOB, limit=1000)
+            rollups_off = rollup_differences(store)
         assert got == truth.rows, diff(got, truth.rows)
+        # Every rollup (5 and 30 minutes) is the exact aggregate of the grain below it.
+        assert rollups_off == ""
+        with open_store(store_url) as store:
+            assert sum(r["count"] for r in store.read("traffic_30m")) == sum(
+                r["count"] for r in truth.rows["traffic"]
+            )
         # The stream holds what it should, so the comparison above means something.
         counters = {r["name"]: r["value"] for r in got["counters"]}
         assert counters["late_dropped"] > 20 and counters["duplicates_removed"] == 25
