@@ -141,6 +141,21 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_summary() -> str:
+    """CPU, cores, RAM, OS, Python and the load: one line for benchmarks without Kafka."""
+    import psutil
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = ""
+    if hasattr(os, "getloadavg"):  # other work on the machine inflates the timings
+        load = f", load average {os.getloadavg()[0]:.1f}"
+    return (
+        f"{_cpu_model()}, {cores} cores available, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}{load}"
+    )
+
+
 def crc32c_implementation() -> str:
     """How kafka-python computes record-batch checksums: the C extension or pure Python."""
     try:

@@ -107,14 +107,15 @@ def load(
     """One refresh's data, or a snapshot whose status explains why there is none.
 
     When `previous` was read with the same settings and no batch has been committed since, it
-    is returned again (with its freshness brought up to date) after one tiny query.
+    is returned again (with its freshness brought up to date) after one tiny query; after new
+    batches, only the windows they touched are re-read into what `previous` holds.
     """
     try:
         conn = connect(url)
         with conn.lock:
             if previous is not None and dd.change_marker(conn.store) == previous.marker:
                 return dd.with_freshness(previous)
-            snap = dd.load_snapshot(conn.store, minutes, filters, product_sort)
+            snap = dd.load_snapshot(conn.store, minutes, filters, product_sort, previous=previous)
     except StoreMissingError:
         return dd.Snapshot(status=dd.Status("missing", dd.NO_DATA))
     except StoreVersionError as exc:
@@ -254,6 +255,9 @@ def _time_axis(snap: dd.Snapshot) -> dict:
 
 
 def _window_unit(snap: dd.Snapshot) -> str:
+    """What one point of the range's series counts: a window, or a rollup's bucket."""
+    if snap.range is not None and snap.range.grain_min:
+        return f"{snap.range.grain_min} minutes"
     if snap.range is None or snap.range.window_s == 60:
         return "minute"
     return f"{snap.range.window_s:g} s window"
@@ -276,7 +280,8 @@ def fig_traffic(snap: dd.Snapshot) -> go.Figure:
     ]
     shapes, notes = [], []
     h = snap.headline
-    if snap.range is not None and h.current_window is not None and not h.current_complete:
+    filling = h.current_window is not None and not h.current_complete
+    if snap.range is not None and not snap.range.grain_min and filling:
         # the newest window, still filling: its count is not final yet
         end = pd.Timestamp(h.current_window) + pd.Timedelta(seconds=snap.range.window_s)
         shape, note = _band(h.current_window, end, "#888888", "filling")
@@ -397,12 +402,35 @@ def fig_active_users(snap: dd.Snapshot) -> go.Figure:
         data,
         _layout(
             xaxis=_time_axis(snap),
-            yaxis=_axis(f"distinct users per {_window_unit(snap)}"),
+            yaxis=_axis(
+                f"peak distinct users per minute, per {_window_unit(snap)}"
+                if snap.range is not None and snap.range.grain_min
+                else f"distinct users per {_window_unit(snap)}"
+            ),
         ),
     )
 
 
 def fig_sessions(snap: dd.Snapshot) -> go.Figure:
+    bands = snap.sessions.bands
+    if bands is not None:  # a rollup: sessions per band of length
+        data = [
+            {
+                "type": "bar",
+                "x": [dd.fmt_age(b) + "+" for b in bands["duration_bin"]],
+                "y": _list(bands["sessions"]),
+                "marker": {"color": "#B279A2"},
+            }
+        ]
+        return _figure(
+            data,
+            _layout(
+                "Session length",
+                xaxis=_axis("length (bands)", type="category"),
+                yaxis=_axis("sessions"),
+                bargap=0.05,
+            ),
+        )
     data = [
         {
             "type": "histogram",
@@ -622,6 +650,9 @@ def render_sessions(snap: dd.Snapshot) -> None:
     c2.metric(
         "Median length",
         "–" if s.median_duration_s is None else dd.fmt_age(s.median_duration_s),
+        help="Within its band of length, at a long range (read from the sessions rollup)."
+        if s.bands is not None
+        else None,
     )
     c3.metric("Events / session", "–" if s.mean_events is None else f"{s.mean_events:.1f}")
     if s.count:
@@ -738,6 +769,11 @@ def render(snap: dd.Snapshot, url: str, paused: bool, refresh_ms: float | None =
     with right:
         st.subheader("Active users")
         chart("active_users", snap, fig_active_users)
+        if snap.range is not None and snap.range.grain_min:
+            st.caption(
+                f"Each point is a {snap.range.grain_min}-minute bucket: its peak of per-minute "
+                "distinct users (distinct users do not add up across minutes)."
+            )
     left, right = st.columns(2)
     with left:
         render_sessions(snap)

@@ -12,25 +12,21 @@ with the wall clock. Windows are the job's tumbling windows (one minute by defau
 
 from __future__ import annotations
 
-import os
-import platform
-import statistics
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from clickstream.rollups import SESSION_BANDS, bucket, grain_for, iso_epoch, table_name
 from clickstream.serving import (
     Store,
     StoreError,
     StoreMissingError,
     StoreVersionError,
     iso,
-    open_store,
 )
 from clickstream.stream import SESSIONS_JOB
 
@@ -42,6 +38,7 @@ TIME_RANGES: dict[str, int] = {
     "1 hour": 60,
     "6 hours": 360,
     "24 hours": 1440,
+    "7 days": 7 * 1440,
 }
 DEFAULT_RANGE = "30 minutes"
 PRODUCT_SORTS = ("revenue", "views", "carts", "purchases")
@@ -74,8 +71,17 @@ def _frame(rows: list[dict], columns: Iterable[str], times=("window_start", "win
     df = pd.DataFrame(rows, columns=list(columns))
     for col in times:
         if col in df.columns:
-            df[col] = pd.to_datetime(df[col], utc=True, format="ISO8601")
+            df[col] = _utc_times(df[col])
     return df
+
+
+def _utc_times(values: pd.Series) -> pd.Series:
+    """Store times (ISO text such as '2026-11-28T10:15:00Z', or None) -> UTC datetimes."""
+    try:  # the stores' own format: parsed by numpy, several times faster than by pandas
+        parsed = np.array([v[:19] for v in values], dtype="datetime64[s]")
+        return pd.Series(pd.DatetimeIndex(parsed).tz_localize("UTC"), index=values.index)
+    except (TypeError, ValueError):
+        return pd.to_datetime(values, utc=True, format="ISO8601")
 
 
 def _num(value, default: float = 0.0) -> float:
@@ -150,31 +156,40 @@ def store_status(store: Store) -> Status:
 # -- the time axis -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TimeRange:
-    """The windows a refresh reads: [since, newest window], in event time."""
+    """The windows a refresh reads: [since, newest window], in event time, at a grain."""
 
     newest: datetime  # start of the newest window in the store
     window_s: float  # window length in seconds
-    since: datetime
+    since: datetime  # start of the first window (or rollup bucket) in the range
     minutes: int
+    grain_min: int | None = None  # the rollup read (None: the job's own windows)
 
     @property
     def per_minute(self) -> float:
         """Multiply a per-window count by this to get a per-minute rate."""
         return 60.0 / self.window_s if self.window_s else 1.0
 
+    @property
+    def step_s(self) -> float:
+        """Seconds between two points of the range's series."""
+        return self.grain_min * 60.0 if self.grain_min else self.window_s
 
-def newest_window(store: Store, hint: datetime | None = None) -> tuple[datetime, float] | None:
+
+def newest_window(
+    store: Store, hint: datetime | None = None, read=None
+) -> tuple[datetime, float] | None:
     """Start and length of the newest traffic window, or None when there is none.
 
     `hint` (the job's latest event time) bounds the lookup to the hour before it, so it does not
     depend on the history; without a hint, or when it finds nothing, the store's own `limit`
     decides.
     """
+    read = read or store.read
     rows: list[dict] = []
     if hint is not None:
-        rows = store.read("traffic", since=hint - timedelta(hours=1), limit=1)
+        rows = read("traffic", since=hint - timedelta(hours=1), limit=1)
     if not rows:
-        rows = store.read("traffic", limit=1)
+        rows = read("traffic", limit=1)
     if not rows:
         return None
     start = to_datetime(rows[0]["window_start"])
@@ -183,11 +198,117 @@ def newest_window(store: Store, hint: datetime | None = None) -> tuple[datetime,
     return start, length
 
 
-def time_range(newest: datetime, window_s: float, minutes: int) -> TimeRange:
-    """The last `minutes` of event time, ending with the window that starts at `newest`."""
+def time_range(newest: datetime, window_s: float, minutes: int, rollups: bool = True) -> TimeRange:
+    """The last `minutes` of event time, ending with the window that starts at `newest`, read
+    at the coarsest grain that still draws a few hundred points (`rollups.grain_for`), or at
+    the job's own windows with `rollups=False`."""
     span = max(minutes * 60.0, window_s)
     since = newest - timedelta(seconds=span - window_s)
-    return TimeRange(newest=newest, window_s=window_s, since=since, minutes=minutes)
+    grain = grain_for(minutes, window_s) if rollups else None
+    if grain:  # whole buckets, the first one starting at or after `since`
+        first = bucket(since, grain)
+        if first < since.timestamp():
+            first += grain * 60
+        since = datetime.fromtimestamp(first, tz=UTC)
+    return TimeRange(
+        newest=newest, window_s=window_s, since=since, minutes=minutes, grain_min=grain
+    )
+
+
+# -- the range's rows, kept between refreshes ----------------------------------------------------
+class Totals:
+    """Running sums per key over a range's rows (`values` summed per `key`; `attrs`, such as a
+    product's category, kept as last seen). Rows of a window can be added and taken out again,
+    so a refresh updates the totals with the windows that changed, not the whole range."""
+
+    def __init__(self, key: tuple[str, ...], values: tuple[str, ...], attrs: tuple[str, ...] = ()):
+        self.key, self.values, self.attr_names = key, values, attrs
+        self.sums: dict[tuple, list[float]] = {}
+        self.attrs: dict[tuple, dict] = {}
+
+    def copy(self) -> Totals:
+        out = Totals(self.key, self.values, self.attr_names)
+        out.sums = {k: list(v) for k, v in self.sums.items()}
+        out.attrs = dict(self.attrs)
+        return out
+
+    def partial(self, rows: Iterable[Mapping]) -> dict[tuple, list[float]]:
+        """The sums of these rows alone, per key."""
+        out: dict[tuple, list[float]] = {}
+        key, values = self.key, self.values
+        for row in rows:
+            k = tuple(row.get(c) for c in key)
+            acc = out.get(k)
+            if acc is None:
+                acc = out[k] = [0] * len(values)
+                if self.attr_names:
+                    self.attrs[k] = {a: row.get(a) for a in self.attr_names}
+            for i, c in enumerate(values):
+                acc[i] += _num(row.get(c))
+        return out
+
+    def apply(self, partial: Mapping[tuple, list[float]], sign: int = 1) -> None:
+        sums = self.sums
+        for k, add in partial.items():
+            acc = sums.get(k)
+            if acc is None:
+                acc = sums[k] = [0] * len(add)
+            for i, v in enumerate(add):
+                acc[i] += sign * v
+            if sign < 0 and all(abs(v) < 1e-9 for v in acc):
+                del sums[k]  # gone from the range
+
+    def add_rows(self, rows: Iterable[Mapping]) -> None:
+        self.apply(self.partial(rows))
+
+
+# Metrics whose panels show sums over the range: (key, summed values, attributes).
+RANGE_TOTALS: dict[str, tuple[tuple, tuple, tuple]] = {
+    "segments": (("country", "device", "category"), ("count",), ()),
+    "products": (("product_id",), ("views", "carts", "purchases", "revenue"), ("category",)),
+    "paths": (("from_page", "to_page"), ("count",), ()),
+    "funnel": ((), ("viewed", "carted", "purchased"), ()),
+}
+BANDS_TOTALS = (("duration_bin",), ("sessions", "events"), ())  # the sessions rollup
+
+
+class RangeRows:
+    """One metric's rows over the time range, by window start, with running totals when its
+    panel sums over the range. A refresh takes out the windows that left the range or that
+    new batches touched, and adds those it re-read."""
+
+    def __init__(self, totals: tuple[tuple, tuple, tuple] | None = None):
+        self.windows: dict[str, list[dict]] = {}
+        self.partials: dict[str, dict] = {}
+        self.totals = Totals(*totals) if totals else None
+
+    def copy(self) -> RangeRows:
+        out = RangeRows()
+        out.windows, out.partials = dict(self.windows), dict(self.partials)
+        out.totals = self.totals.copy() if self.totals is not None else None
+        return out
+
+    def add(self, rows: Iterable[dict]) -> None:
+        by_window: dict[str, list[dict]] = {}
+        for row in rows:
+            by_window.setdefault(row["window_start"], []).append(row)
+        for start, items in by_window.items():
+            self.windows[start] = items
+            if self.totals is not None:
+                self.partials[start] = part = self.totals.partial(items)
+                self.totals.apply(part)
+
+    def drop(self, keep) -> None:
+        """Take out every window whose start `keep(start)` refuses."""
+        for start in [w for w in self.windows if not keep(w)]:
+            del self.windows[start]
+            part = self.partials.pop(start, None)
+            if part is not None:
+                self.totals.apply(part, sign=-1)
+
+    def rows(self) -> list[dict]:
+        """Every row, in window order."""
+        return [r for start in sorted(self.windows) for r in self.windows[start]]
 
 
 # -- panels ------------------------------------------------------------------------------------
@@ -282,20 +403,28 @@ def traffic_by_type(traffic: pd.DataFrame) -> pd.DataFrame:
 
 def top_products(rows: list[dict], sort_by: str = "revenue", n: int = TOP_N) -> pd.DataFrame:
     """Products over the range: views, carts, purchases, revenue; the top `n` by `sort_by`."""
+    totals = Totals(("product_id",), PRODUCT_VALUES, ("category",))
+    totals.add_rows(rows)
+    return top_products_of(totals, sort_by, n)
+
+
+PRODUCT_VALUES = ("views", "carts", "purchases", "revenue")
+
+
+def top_products_of(totals: Totals, sort_by: str = "revenue", n: int = TOP_N) -> pd.DataFrame:
+    """The top `n` products by `sort_by`, from the range's running totals."""
     cols = ["product_id", "category", "views", "carts", "purchases", "revenue", "conversion"]
-    totals: dict[str, list] = {}
-    for row in rows:  # plain Python: a range holds (products x windows) rows
-        pid = row.get("product_id")
-        t = totals.get(pid)
-        if t is None:
-            t = totals[pid] = [row.get("category") or "-", 0, 0, 0, 0.0]
-        t[1] += int(_num(row.get("views")))
-        t[2] += int(_num(row.get("carts")))
-        t[3] += int(_num(row.get("purchases")))
-        t[4] += _num(row.get("revenue"))
     records = [
-        (pid, cat, views, carts, buys, round(revenue, 2), buys / views if views else 0.0)
-        for pid, (cat, views, carts, buys, revenue) in totals.items()
+        (
+            pid,
+            totals.attrs.get((pid,), {}).get("category") or "-",
+            int(views),
+            int(carts),
+            int(buys),
+            round(revenue, 2),
+            buys / views if views else 0.0,
+        )
+        for (pid,), (views, carts, buys, revenue) in totals.sums.items()
     ]
     key = cols.index(sort_by)
     records.sort(key=lambda r: (-r[key], r[0]))
@@ -304,9 +433,17 @@ def top_products(rows: list[dict], sort_by: str = "revenue", n: int = TOP_N) -> 
 
 def funnel_totals(rows: list[dict]) -> dict[str, float]:
     """Sessions that viewed, carted and purchased, summed over the range."""
-    return {
-        stage: sum(_num(r.get(stage)) for r in rows) for stage in ("viewed", "carted", "purchased")
-    }
+    totals = Totals((), FUNNEL_VALUES)
+    totals.add_rows(rows)
+    return funnel_of(totals)
+
+
+FUNNEL_VALUES = ("viewed", "carted", "purchased")
+
+
+def funnel_of(totals: Totals) -> dict[str, float]:
+    sums = totals.sums.get((), [0] * len(FUNNEL_VALUES))
+    return dict(zip(FUNNEL_VALUES, sums, strict=True))
 
 
 def funnel_frame(totals: Mapping[str, float]) -> pd.DataFrame:
@@ -341,22 +478,23 @@ class Segments:
 
 
 def segment_counts(rows: list[dict]) -> Segments:
-    """Segment rows -> totals per value (plain Python: the range can hold ~10^5 rows)."""
+    """Segment rows -> totals per value."""
+    totals = Totals(SEGMENT_COLUMNS, ("count",))
+    totals.add_rows(rows)
+    return segments_of(totals, windows=len({row.get("window_start") for row in rows}))
+
+
+def segments_of(totals: Totals, windows: int) -> Segments:
+    """Events in the range per country, device and category, from the running totals."""
     out = Segments()
-    windows = set()
-    country, device, category = (out.by[col] for col in SEGMENT_COLUMNS)
-    for row in rows:
-        n = _num(row.get("count"))
+    for key, (n,) in totals.sums.items():
         out.total += n
-        windows.add(row.get("window_start"))
-        for counts, value in (
-            (country, row.get("country") or "-"),
-            (device, row.get("device") or "-"),
-            (category, row.get("category") or "-"),
-        ):
-            counts[value] = counts.get(value, 0) + n
+        for col, value in zip(SEGMENT_COLUMNS, key, strict=True):
+            counts = out.by[col]
+            counts[value or "-"] = counts.get(value or "-", 0) + n
     out.total = int(out.total)
-    out.windows = len(windows)
+    out.by = {col: {k: int(v) for k, v in counts.items()} for col, counts in out.by.items()}
+    out.windows = windows
     return out
 
 
@@ -391,35 +529,77 @@ class Sessions:
     median_duration_s: float | None = None
     mean_events: float | None = None
     durations: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
+    # At a rollup grain: sessions per band of length (its lower bound in seconds), and the
+    # median is interpolated within its band.
+    bands: pd.DataFrame | None = None
+
+
+def sessions_from_bands(rows: list[dict]) -> Sessions:
+    """Sessions that started in the range, from a sessions rollup (per start bucket and band
+    of length): the count and the events per session are exact, the median is from bands."""
+    totals = Totals(("duration_bin",), BAND_VALUES)
+    totals.add_rows(rows)
+    return sessions_of_bands(totals)
+
+
+BAND_VALUES = ("sessions", "events")
+
+
+def sessions_of_bands(totals: Totals) -> Sessions:
+    counts = {int(_num(k[0])): int(v[0]) for k, v in totals.sums.items() if v[0]}
+    total = sum(counts.values())
+    if not total:
+        return Sessions()
+    events = sum(v[1] for v in totals.sums.values())
+    median, seen = None, 0
+    for band in sorted(counts):
+        n = counts[band]
+        if seen + n >= total / 2:
+            upper = next((b for b in SESSION_BANDS if b > band), band)
+            median = band + (upper - band) * (total / 2 - seen) / n
+            break
+        seen += n
+    bands = pd.DataFrame(sorted(counts.items()), columns=["duration_bin", "sessions"])
+    return Sessions(count=total, median_duration_s=median, mean_events=events / total, bands=bands)
 
 
 def sessions_summary(rows: list[dict]) -> Sessions:
     """Sessions that started in the range: how many, how long, how many events."""
     if not rows:
         return Sessions()
-    df = pd.DataFrame(rows)
     # A session that grew between batches can appear with several window ends: keep its last.
-    keys = [k for k in ("user_id", "session_id", "window_start") if k in df.columns]
-    if keys and "window_end" in df.columns:
-        df = df.sort_values("window_end").drop_duplicates(keys, keep="last")
-    dur = pd.to_numeric(df.get("duration_s"), errors="coerce").dropna()
-    ev = pd.to_numeric(df.get("events"), errors="coerce").dropna()
+    last: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row.get("user_id"), row.get("session_id"), row.get("window_start"))
+        seen = last.get(key)
+        if seen is None or (row.get("window_end") or "") >= (seen.get("window_end") or ""):
+            last[key] = row
+    dur = pd.to_numeric(pd.Series([r.get("duration_s") for r in last.values()]), errors="coerce")
+    ev = pd.to_numeric(pd.Series([r.get("events") for r in last.values()]), errors="coerce")
+    dur, ev = dur.dropna().reset_index(drop=True), ev.dropna()
     return Sessions(
-        count=len(df),
+        count=len(last),
         median_duration_s=float(dur.median()) if len(dur) else None,
         mean_events=float(ev.mean()) if len(ev) else None,
-        durations=dur.reset_index(drop=True),
+        durations=dur,
     )
 
 
 def top_paths(rows: list[dict], n: int = TOP_N) -> pd.DataFrame:
     """The most frequent page-to-page transitions in the range."""
-    counts: dict[tuple[str, str], int] = {}
-    for row in rows:
-        key = (row.get("from_page"), row.get("to_page"))
-        counts[key] = counts.get(key, 0) + int(_num(row.get("count")))
-    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-    return pd.DataFrame([(a, b, c) for (a, b), c in top], columns=["from_page", "to_page", "count"])
+    totals = Totals(PATH_KEY, ("count",))
+    totals.add_rows(rows)
+    return top_paths_of(totals, n)
+
+
+PATH_KEY = ("from_page", "to_page")
+
+
+def top_paths_of(totals: Totals, n: int = TOP_N) -> pd.DataFrame:
+    top = sorted(((k, int(v[0])) for k, v in totals.sums.items()), key=lambda kv: (-kv[1], kv[0]))
+    return pd.DataFrame(
+        [(a, b, c) for (a, b), c in top[:n]], columns=["from_page", "to_page", "count"]
+    )
 
 
 def alerts_frame(rows: list[dict]) -> pd.DataFrame:
@@ -543,6 +723,32 @@ def latest_event_time(health_rows: list[dict]) -> datetime | None:
 
 
 # -- one refresh -------------------------------------------------------------------------------
+# The windowed metrics a refresh reads over its range, each from the table of the range's grain.
+RANGE_METRICS = ("traffic", "active_users", "errors", "funnel", "products", "segments", "sessions")
+RANGE_METRICS += ("paths",)
+
+
+_EMPTY: dict[str, pd.DataFrame] = {}
+
+
+def _empty(name: str) -> pd.DataFrame:
+    """The empty frame a snapshot shows for panel `name` before any data: built once and
+    shared (a refresh replaces frames, never changes them in place)."""
+    if name not in _EMPTY:
+        _EMPTY.update(
+            traffic=traffic_frame([]),
+            products=top_products([]),
+            funnel=funnel_frame({}),
+            active_users=active_users_frame([]),
+            errors=errors_frame([]),
+            paths=top_paths([]),
+            alerts=alerts_frame([]),
+            open_alerts=alerts_frame([]),
+            quarantine=quarantine_frame([]),
+        )
+    return _EMPTY[name]
+
+
 @dataclass
 class Snapshot:
     """Everything one refresh of the dashboard shows."""
@@ -551,26 +757,37 @@ class Snapshot:
     range: TimeRange | None = None
     filters: Filters = field(default_factory=Filters)
     headline: Headline = field(default_factory=Headline)
-    traffic: pd.DataFrame = field(default_factory=lambda: traffic_frame([]))
+    traffic: pd.DataFrame = field(default_factory=lambda: _empty("traffic"))
     traffic_by_type: pd.DataFrame = field(default_factory=pd.DataFrame)
-    products: pd.DataFrame = field(default_factory=lambda: top_products([]))
+    products: pd.DataFrame = field(default_factory=lambda: _empty("products"))
     product_sort: str = "revenue"
-    funnel: pd.DataFrame = field(default_factory=lambda: funnel_frame({}))
+    funnel: pd.DataFrame = field(default_factory=lambda: _empty("funnel"))
     segments: Segments = field(default_factory=Segments)
-    active_users: pd.DataFrame = field(default_factory=lambda: active_users_frame([]))
-    errors: pd.DataFrame = field(default_factory=lambda: errors_frame([]))
+    active_users: pd.DataFrame = field(default_factory=lambda: _empty("active_users"))
+    errors: pd.DataFrame = field(default_factory=lambda: _empty("errors"))
     error_rate: float | None = None
     sessions: Sessions = field(default_factory=Sessions)
-    paths: pd.DataFrame = field(default_factory=lambda: top_paths([]))
-    alerts: pd.DataFrame = field(default_factory=lambda: alerts_frame([]))
-    open_alerts: pd.DataFrame = field(default_factory=lambda: alerts_frame([]))
-    quarantine: pd.DataFrame = field(default_factory=lambda: quarantine_frame([]))
+    paths: pd.DataFrame = field(default_factory=lambda: _empty("paths"))
+    alerts: pd.DataFrame = field(default_factory=lambda: _empty("alerts"))
+    open_alerts: pd.DataFrame = field(default_factory=lambda: _empty("open_alerts"))
+    quarantine: pd.DataFrame = field(default_factory=lambda: _empty("quarantine"))
     quality: Quality = field(default_factory=Quality)
     health: Health = field(default_factory=Health)
     health_rows: list = field(default_factory=list)
     marker: tuple | None = None  # the newest batch when this was read (see `change_marker`)
     serial: int = field(default_factory=time.monotonic_ns)
     reads: int = 0  # store queries this refresh made
+    rows_read: dict[str, int] = field(default_factory=dict)  # rows read, per table
+    held: dict[str, RangeRows] | None = None  # the range's rows, kept for the next refresh
+    incremental: bool = False  # this refresh re-read only the windows new batches touched
+    small: dict[str, list[dict]] | None = None  # alerts, quarantine and counters as read
+
+    @property
+    def grain_label(self) -> str:
+        """What one point of the range's series stands for."""
+        if self.range is None or not self.range.grain_min:
+            return "window"
+        return f"{self.range.grain_min} minutes"
 
 
 def _marker(health_rows: list[dict]) -> tuple | None:
@@ -583,7 +800,10 @@ def _marker(health_rows: list[dict]) -> tuple | None:
 def job_health(store: Store, limit: int) -> list[dict]:
     """The newest `limit` batches of the streaming job's health, newest first. The sessions
     query's batches are left out: they only mark that sessions were written."""
-    rows = store.health(limit=2 * limit)
+    return _without_sessions_job(store.health(limit=2 * limit), limit)
+
+
+def _without_sessions_job(rows: list[dict], limit: int) -> list[dict]:
     return [r for r in rows if r.get("job") != SESSIONS_JOB][:limit]
 
 
@@ -601,58 +821,158 @@ def with_freshness(snap: Snapshot, now: float | None = None) -> Snapshot:
     return snap
 
 
+class _Reader:
+    """The store's `read`, counting queries and rows per table (the bench and tests check
+    that a refresh reads no more than its range and grain imply)."""
+
+    def __init__(self, store: Store, snap: Snapshot):
+        self.store, self.snap = store, snap
+
+    def __call__(self, name: str, **kwargs) -> list[dict]:
+        rows = self.store.read(name, **kwargs)
+        self.snap.reads += 1
+        self.snap.rows_read[name] = self.snap.rows_read.get(name, 0) + len(rows)
+        return rows
+
+
+def _where(name: str, filters: Filters) -> dict | None:
+    if name == "products":
+        return filters.products() or None
+    if name == "segments":
+        return filters.segments() or None
+    return None
+
+
+def changed_span(
+    previous: Snapshot | None, tr: TimeRange, health_rows: list[dict]
+) -> tuple[str, str] | None:
+    """The window starts [lo, hi) the batches committed since `previous` touched, at the
+    range's grain; None when `previous` cannot be brought up to date (other grain, no rows
+    kept, or more new batches than `health_rows` shows)."""
+    if previous is None or previous.held is None or previous.range is None:
+        return None
+    if (previous.range.grain_min, previous.range.window_s) != (tr.grain_min, tr.window_s):
+        return None
+    newer = []
+    for row in health_rows:  # newest first
+        if _marker([row]) == previous.marker:
+            break
+        newer.append(row)
+    else:
+        return None
+    starts = [r["windows_from"] for r in newer if r.get("windows_from")]
+    ends = [r["windows_to"] for r in newer if r.get("windows_to")]
+    if not starts:
+        return ("", "")  # nothing windowed changed: re-read no window
+    lo, hi = iso(min(starts)), iso(max(ends))
+    if tr.grain_min:
+        g = tr.grain_min
+        return iso_epoch(bucket(lo, g)), iso_epoch(bucket(hi, g) + g * 60)
+    return lo, iso(to_datetime(hi) + timedelta(seconds=1))
+
+
+def range_rows(
+    read, tr: TimeRange, filters: Filters, previous: Snapshot | None, span
+) -> dict[str, RangeRows]:
+    """Every range metric's rows at the range's grain: all of them, or, given what `previous`
+    held and the `span` new batches touched, those rows with just the span re-read."""
+    since = iso(tr.since)
+    held: dict[str, RangeRows] = {}
+    for name in RANGE_METRICS:
+        table = table_name(name, tr.grain_min)
+        where = _where(name, filters)
+        if span is None:
+            totals = BANDS_TOTALS if name == "sessions" and tr.grain_min else None
+            held[name] = rows = RangeRows(RANGE_TOTALS.get(name, totals))
+            rows.add(read(table, since=since, where=where))
+            continue
+        lo, hi = span
+        held[name] = rows = previous.held[name].copy()
+        rows.drop(lambda start, lo=lo, hi=hi: start >= since and not lo <= start < hi)
+        if hi > since:
+            rows.add(read(table, since=max(since, lo), until=hi, where=where))
+    return held
+
+
 def load_snapshot(
     store: Store,
     minutes: int = TIME_RANGES[DEFAULT_RANGE],
     filters: Filters | None = None,
     product_sort: str = "revenue",
     now: float | None = None,
+    previous: Snapshot | None = None,
+    rollups: bool = True,
 ) -> Snapshot:
-    """All a refresh needs, in a fixed number of queries bounded by the time range."""
+    """All a refresh needs, in a fixed number of queries bounded by the time range.
+
+    Long ranges read a rollup (`TimeRange.grain_min`). Given the `previous` snapshot of the
+    same settings, only the windows the batches committed since then touched are re-read and
+    merged into the rows it kept. `rollups=False` reads the job's own windows at any range
+    (what the benchmark compares with).
+    """
     filters = filters or Filters()
     status = store_status(store)
     if not status.ok:
         return Snapshot(status=status, filters=filters, reads=1)
-    health_rows = job_health(store, HEALTH_BATCHES)
-    snap = Snapshot(status=status, filters=filters, product_sort=product_sort, reads=3)
+    snap = Snapshot(status=status, filters=filters, product_sort=product_sort, reads=1)
+    read = _Reader(store, snap)
+    every_job = store.health(limit=2 * HEALTH_BATCHES)
+    health_rows = _without_sessions_job(every_job, HEALTH_BATCHES)
+    snap.reads += 1
     snap.health = health_summary(health_rows, now=now)
     snap.health_rows = health_rows
-    snap.marker = _marker(health_rows)
-    quarantine = quarantine_frame(store.read("quarantine"))
-    snap.quarantine = quarantine
-    snap.quality = quality(quarantine, store.counters())
-    snap.alerts = alerts_frame(store.read("alerts"))
-    snap.open_alerts = open_alerts(snap.alerts)
-    snap.reads += 3
+    snap.marker = _marker(every_job)
+    small = {name: read(name) for name in ("quarantine", "counters", "alerts")}
+    snap.small = small
+    if previous is not None and previous.small == small:  # unchanged: its frames still hold
+        snap.quarantine, snap.quality = previous.quarantine, previous.quality
+        snap.alerts, snap.open_alerts = previous.alerts, previous.open_alerts
+    else:
+        snap.quarantine = quarantine_frame(small["quarantine"])
+        counters = {r["name"]: r["value"] for r in small["counters"]}
+        snap.quality = quality(snap.quarantine, counters)
+        snap.alerts = alerts_frame(small["alerts"])
+        snap.open_alerts = open_alerts(snap.alerts)
     max_event_time = latest_event_time(health_rows)
-    found = newest_window(store, hint=max_event_time)
-    snap.reads += 1
+    found = newest_window(store, hint=max_event_time, read=read)
     if found is None:
         snap.status = Status("empty", NO_DATA)
         return snap
-    tr = time_range(*found, minutes=minutes)
+    tr = time_range(*found, minutes=minutes, rollups=rollups)
     snap.range = tr
-    since = iso(tr.since)
-    traffic = traffic_frame(store.read("traffic", since=since))
-    active = active_users_frame(store.read("active_users", since=since))
-    errors = errors_frame(store.read("errors", since=since))
-    funnel = funnel_totals(store.read("funnel", since=since))
+    span = changed_span(previous, tr, every_job)
+    snap.incremental = span is not None
+    held = range_rows(read, tr, filters, previous, span)
+    snap.held = held
+    traffic = traffic_frame(held["traffic"].rows())
+    active = active_users_frame(held["active_users"].rows())
+    errors = errors_frame(held["errors"].rows())
+    funnel = funnel_of(held["funnel"].totals)
     snap.traffic = traffic
     snap.traffic_by_type = traffic_by_type(traffic)
     snap.active_users = active
     snap.errors = errors
     snap.error_rate = error_rate_in_range(errors)
     snap.funnel = funnel_frame(funnel)
-    snap.headline = headline(traffic, active, errors, funnel, tr, max_event_time)
-    snap.products = top_products(
-        store.read("products", since=since, where=filters.products() or None), sort_by=product_sort
-    )
-    snap.segments = segment_counts(
-        store.read("segments", since=since, where=filters.segments() or None)
-    )
-    snap.sessions = sessions_summary(store.read("sessions", since=since))
-    snap.paths = top_paths(store.read("paths", since=since))
-    snap.reads += 8
+    if tr.grain_min:
+        # The headline compares the last complete windows of the job's own length.
+        recent = iso(tr.newest - timedelta(seconds=2 * tr.window_s))
+        snap.headline = headline(
+            traffic_frame(read("traffic", since=recent)),
+            active_users_frame(read("active_users", since=recent)),
+            errors_frame(read("errors", since=recent)),
+            funnel,
+            tr,
+            max_event_time,
+        )
+        snap.headline.events_in_range = int(traffic["count"].sum()) if len(traffic) else 0
+        snap.sessions = sessions_of_bands(held["sessions"].totals)
+    else:
+        snap.headline = headline(traffic, active, errors, funnel, tr, max_event_time)
+        snap.sessions = sessions_summary(held["sessions"].rows())
+    snap.products = top_products_of(held["products"].totals, sort_by=product_sort)
+    snap.segments = segments_of(held["segments"].totals, windows=len(held["segments"].windows))
+    snap.paths = top_paths_of(held["paths"].totals)
     return snap
 
 
@@ -675,231 +995,3 @@ def filter_options(store: Store, windows: int = 10) -> dict[str, list[str]]:
         pass
     options["category"].discard("-")  # "-": events without a product
     return {k: sorted(v) for k, v in options.items()}
-
-
-# -- benchmark ---------------------------------------------------------------------------------
-def fill_for_bench(store: Store, minutes: int = 1440, end: str = "2026-11-28T00:00:00Z") -> int:
-    """Write `minutes` per-minute windows of every metric (shaped like a simulated day)."""
-    from clickstream.simulator import COUNTRIES, load_catalogue
-
-    catalogue = load_catalogue()
-    categories = sorted({p.category for p in catalogue})
-    countries = [c for c, _ in COUNTRIES]
-    devices = ("desktop", "mobile", "tablet")
-    pages = ["/", "/search", "/cart", "/checkout"] + [f"/category/{c}" for c in categories]
-    first = to_datetime(end) - timedelta(minutes=minutes)
-    written = 0
-    batch: dict[str, list[dict]] = {}
-    for m in range(minutes):
-        start = first + timedelta(minutes=m)
-        stop = start + timedelta(minutes=1)
-        w = {"window_start": start, "window_end": stop}
-        base = 2000 + (m % 60) * 10
-        batch.setdefault("traffic", []).extend(
-            {**w, "event_type": t, "count": base // (i + 1)}
-            for i, t in enumerate(
-                ("page_view", "search", "add_to_cart", "remove_from_cart", "purchase", "error")
-            )
-        )
-        batch.setdefault("segments", []).extend(
-            {**w, "country": c, "device": d, "category": k, "count": 1 + (m + i) % 7}
-            for i, (c, d, k) in enumerate(
-                (c, d, k) for c in countries for d in devices for k in categories
-            )
-        )
-        batch.setdefault("products", []).extend(
-            {
-                **w,
-                "product_id": p.product_id,
-                "category": p.category,
-                "views": 5 + (m + i) % 11,
-                "carts": (m + i) % 4,
-                "purchases": (m + i) % 2,
-                "revenue": ((m + i) % 2) * p.price,
-            }
-            for i, p in enumerate(catalogue)
-        )
-        batch.setdefault("active_users", []).append({**w, "users": 300 + m % 50})
-        batch.setdefault("funnel", []).append(
-            {**w, "viewed": 250, "carted": 60 + m % 10, "purchased": 20 + m % 5}
-        )
-        batch.setdefault("errors", []).append(
-            {**w, "events": base * 2, "errors": 10 + m % 5, "error_rate": (10 + m % 5) / base / 2}
-        )
-        batch.setdefault("sessions", []).extend(
-            {
-                "window_start": start,
-                "window_end": stop + timedelta(minutes=5),
-                "user_id": f"u_{(m * 40 + s) % 500:04d}",
-                "session_id": f"s_{m:04d}_{s:02d}",
-                "duration_s": 30 + s * 7,
-                "events": 3 + s % 9,
-            }
-            for s in range(40)
-        )
-        batch.setdefault("paths", []).extend(
-            {**w, "from_page": a, "to_page": b, "count": 1 + (m + i) % 9}
-            for i, (a, b) in enumerate(zip(pages, pages[1:] + pages[:1], strict=True))
-        )
-        if (m + 1) % 60 == 0 or m == minutes - 1:
-            store.write_batch(
-                "bench",
-                m,
-                batch,
-                health={
-                    "input_rows": 6000,
-                    "duration_ms": 800,
-                    "input_rate": 100.0,
-                    "processing_rate": 400.0,
-                    "max_event_time": iso(stop),
-                    "watermark": iso(start),
-                    "lag": 0,
-                },
-            )
-            written += sum(len(v) for v in batch.values())
-            batch = {}
-    store.write_batch(
-        "bench",
-        minutes,
-        {
-            "alerts": [
-                {
-                    "alert_id": f"a{i}",
-                    "kind": "error_spike",
-                    "status": "closed",
-                    "opened_at": first + timedelta(hours=i),
-                    "closed_at": first + timedelta(hours=i, minutes=5),
-                    "peak": 0.2,
-                    "baseline": 0.01,
-                    "detail": "bench",
-                }
-                for i in range(minutes // 60)
-            ],
-            "quarantine": [{"reason": "not_json", "count": 12}, {"reason": "bad_time", "count": 3}],
-            "counters": [{"name": "late_dropped", "value": 7}, {"name": "duplicates", "value": 2}],
-        },
-        health={
-            "input_rows": 0,
-            "duration_ms": 20,
-            "input_rate": 100.0,
-            "processing_rate": 400.0,
-            "max_event_time": iso(end),
-            "lag": 0,
-        },
-    )
-    return written
-
-
-def machine() -> str:
-    """CPU model, cores, memory, OS and Python: what a timing was measured on."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
-    except Exception:  # noqa: BLE001 - a description, not a requirement
-        mem = "RAM unknown"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ""
-    if hasattr(os, "getloadavg"):  # other work on the machine inflates the timings
-        load = f", load average {os.getloadavg()[0]:.1f}"
-    return (
-        f"{model}, {cores} cores available, {mem}, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}{load}"
-    )
-
-
-@dataclass
-class BenchResult:
-    store_url: str
-    minutes: int
-    rows: int
-    fill_s: float
-    timings_ms: dict[str, list[float]]
-    reads: int
-    machine: str
-
-    def median(self, name: str) -> float:
-        return statistics.median(self.timings_ms[name])
-
-    def p95(self, name: str) -> float:
-        values = sorted(self.timings_ms[name])
-        return values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
-
-    def lines(self) -> list[str]:
-        out = [
-            f"store: {self.store_url} holding {self.minutes} per-minute windows of every metric "
-            f"({self.rows:,} rows, filled in {self.fill_s:.1f} s)",
-        ]
-        for name in self.timings_ms:
-            out.append(
-                f"  {name:<44} median {self.median(name):7.1f} ms   p95 {self.p95(name):7.1f} ms"
-                f"   ({len(self.timings_ms[name])} runs)"
-            )
-        out.append(f"  queries per refresh: {self.reads} after a new batch, 1 when nothing changed")
-        out.append(f"machine: {self.machine}")
-        return out
-
-
-def bench_refresh(
-    store_url: str | None = None,
-    minutes: int = 1440,
-    repeats: int = 20,
-    ranges: Iterable[str] = (DEFAULT_RANGE, "24 hours"),
-    figures=None,
-) -> BenchResult:
-    """Time one dashboard refresh over a store holding `minutes` per-minute windows.
-
-    Without `store_url` a temporary SQLite store is used; a Redis URL is flushed first (its
-    keys are removed with `Store.reset`). `figures(snapshot)`, when given, is timed too.
-    """
-    tmp = None
-    if store_url is None:
-        tmp = tempfile.TemporaryDirectory(prefix="clickstream-bench-")
-        store_url = f"sqlite:///{Path(tmp.name) / 'serving.db'}"
-    try:
-        writer = open_store(store_url)
-        writer.reset()
-        started = time.perf_counter()
-        rows = fill_for_bench(writer, minutes=minutes)
-        fill_s = time.perf_counter() - started
-        writer.close()
-        reader = open_store(store_url, readonly=True)
-        timings: dict[str, list[float]] = {}
-        reads = 0
-        for label in ranges:
-            span = TIME_RANGES[label]
-            snap = load_snapshot(reader, minutes=span)  # warm-up: connection, page cache
-            data, total = [], []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                snap = load_snapshot(reader, minutes=span)
-                t1 = time.perf_counter()
-                if figures is not None:
-                    figures(snap)
-                t2 = time.perf_counter()
-                data.append((t1 - t0) * 1000)
-                total.append((t2 - t0) * 1000)
-                reads = snap.reads
-            timings[f"new batch, range {label}: data"] = data
-            if figures is not None:
-                timings[f"new batch, range {label}: data + charts"] = total
-        idle = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            if change_marker(reader) == snap.marker:
-                with_freshness(snap)
-            idle.append((time.perf_counter() - t0) * 1000)
-        timings["no new batch (any range)"] = idle
-        reader.close()
-        return BenchResult(store_url, minutes, rows, fill_s, timings, reads, machine())
-    finally:
-        if tmp is not None:
-            tmp.cleanup()

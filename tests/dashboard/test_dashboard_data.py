@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from clickstream import dashboard_data as dd
+from clickstream.bench_dashboard import bench_refresh, fill
 from clickstream.serving import open_store
 from tests.dashboard import known_data
 from tests.dashboard.known_data import EXPECTED
@@ -62,7 +63,7 @@ def test_every_read_of_a_refresh_is_bounded(tmp_path):
     """A refresh reads the newest window, then only its time range: not the whole history."""
     url = f"sqlite:///{tmp_path / 'day.db'}"
     with open_store(url) as store:
-        dd.fill_for_bench(store, minutes=180)
+        fill(store, minutes=180)
     with open_store(url, readonly=True) as store:
         counting = CountingStore(store)
         snap = dd.load_snapshot(counting, minutes=15)
@@ -70,7 +71,7 @@ def test_every_read_of_a_refresh_is_bounded(tmp_path):
     assert windowed, counting.reads
     for name, since, limit in windowed:
         assert since is not None or limit is not None, (name, since, limit)
-    assert len(counting.reads) <= 12
+    assert len(counting.reads) <= 14
     assert snap.range.since == utc("2026-11-27T23:45:00Z")
     assert snap.traffic["window_start"].nunique() == 15
     assert snap.segments.windows == 15
@@ -150,12 +151,17 @@ def test_status_of_missing_and_empty_stores(tmp_path):
 
 
 def test_bench_refresh_reports_timings(store_url):
-    result = dd.bench_refresh(store_url, minutes=90, repeats=2, ranges=("15 minutes",))
-    assert result.rows > 90 * 400
+    result = bench_refresh(
+        store_url, minutes=90, repeats=2, ranges=("15 minutes",), ledger_batches=1000
+    )
+    assert result.rows > 90 * 400 and result.ledger_batches == 1000
     assert list(result.timings_ms) == [
         "new batch, range 15 minutes: data",
         "no new batch (any range)",
     ]
     assert all(ms > 0 for values in result.timings_ms.values() for ms in values)
+    assert len(result.before_ms["15 minutes"]) == 2 and result.ratio("15 minutes") > 0
+    # A new batch of one minute: that minute's rows are re-read, not the range's.
+    assert result.rows_read["15 minutes"] < 600
     text = "\n".join(result.lines())
-    assert "median" in text and "machine:" in text
+    assert "median" in text and "machine:" in text and "x faster" in text
