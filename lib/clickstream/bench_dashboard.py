@@ -165,8 +165,10 @@ def fill(
 
 def fill_ledger(store: Store, batches: int, job: str = "bench-history") -> None:
     """`batches` ledger rows of an earlier job, one per second, committed before the filled
-    history, inserted in bulk (one `write_batch` each would take minutes): what a store holds
-    after a week of live running, for the no-change refresh to find its newest batch among."""
+    history, inserted in bulk (one `write_batch` each would take minutes). A week of them is
+    what a store that never pruned its ledger would hold (the stores keep the newest
+    `serving.KEEP_BATCHES` per job): the no-change refresh must find the newest batch among
+    them as fast as among a few."""
     before = time.time() - batches - 3600
     rows = [
         {"job": job, "batch_id": i, "committed_at": before + i, "input_rows": 1}
@@ -192,7 +194,7 @@ def fill_ledger(store: Store, batches: int, job: str = "bench-history") -> None:
     elif kind == "RedisStore":
         key = store._k("batches", job)
         for i in range(0, batches, 50_000):
-            store.r.sadd(key, *range(i, min(batches, i + 50_000)))
+            store.r.zadd(key, {str(b): b for b in range(i, min(batches, i + 50_000))})
     else:  # pragma: no cover - every store is above
         raise TypeError(f"no bulk ledger fill for {kind}")
 

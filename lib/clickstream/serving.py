@@ -27,6 +27,11 @@ from clickstream.errors import ClickstreamError
 
 SCHEMA_VERSION = 3  # 3: rollup tables, and the windows each batch touched in its ledger row
 
+# Ledger rows kept per job: the batch ids a store has applied. A replay only ever repeats the
+# last batch or two (Spark's checkpoint says which committed), so the ledger keeps the newest
+# ones and counts any id below the oldest it kept as applied.
+KEEP_BATCHES = 10_000
+
 
 class StoreError(ClickstreamError):
     """The serving store is unreachable, missing or of another version."""
@@ -375,10 +380,7 @@ class SQLiteStore(Store):
     def write_batch(self, job, batch_id, rows, health=None) -> bool:
         c = self.conn
         with c:  # one transaction: all of the batch or nothing
-            done = c.execute(
-                "SELECT 1 FROM batches WHERE job=? AND batch_id=?", (job, batch_id)
-            ).fetchone()
-            if done:
+            if self._applied(job, batch_id):
                 return False
             for name, items in rows.items():
                 self._upsert(name, items)
@@ -391,7 +393,20 @@ class SQLiteStore(Store):
                 f"VALUES ({', '.join('?' for _ in HEALTH_COLUMNS)})",
                 tuple(h.get(col) for col in HEALTH_COLUMNS),
             )
+            c.execute(
+                "DELETE FROM batches WHERE job=? AND batch_id <= ?",
+                (job, batch_id - KEEP_BATCHES),
+            )
         return True
+
+    def _applied(self, job: str, batch_id: int) -> bool:
+        """In the ledger, or older than the oldest batch id it still keeps."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM batches WHERE job=? AND batch_id=?), "
+            "(SELECT min(batch_id) FROM batches WHERE job=?)",
+            (job, batch_id, job),
+        ).fetchone()
+        return bool(row[0]) or (row[1] is not None and batch_id < row[1])
 
     def _upsert(self, name: str, items: Iterable[Mapping]) -> None:
         m = metric(name)
@@ -463,8 +478,9 @@ class SQLiteStore(Store):
 
 # -- Redis -------------------------------------------------------------------------------------
 class RedisStore(Store):
-    """Redis layout: a hash per metric (field = key as JSON, value = row as JSON), a sorted set
-    per windowed metric indexing keys by window start, a set of applied batch ids per job."""
+    """Redis layout: a hash per metric and rollup (field = key as JSON, value = row as JSON), a
+    sorted set per windowed one indexing keys by window start, and per job a sorted set of its
+    newest applied batch ids (the ledger) and one of its last 500 batches' health."""
 
     def __init__(self, url: str, prefix: str = "cs"):
         import redis
@@ -498,13 +514,41 @@ class RedisStore(Store):
             )
 
     def write_batch(self, job, batch_id, rows, health=None) -> bool:
+        """Check the ledger and write the batch as one atomic step: the ledger is WATCHed, so
+        if another writer applies a batch of this job in between, EXEC fails and the check
+        runs again (two writers of the same batch: one applies it, the other sees it done)."""
+        import redis
+
         self._ensure_version()
-        if self.r.sismember(self._k("batches", job), batch_id):
-            return False
-        # The rollups of the buckets the batch touches, from what the store holds with the
-        # batch's rows in place; written in the same MULTI/EXEC as the batch.
-        rolled = _rollups().rollup_rows(self.read, rows)
-        pipe = self.r.pipeline(transaction=True)  # MULTI/EXEC: all of the batch or nothing
+        ledger = self._k("batches", job)  # sorted set: the newest KEEP_BATCHES batch ids
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(ledger)
+                    if self._applied(pipe, ledger, batch_id):
+                        pipe.unwatch()
+                        return False
+                    # The rollups of the buckets the batch touches, from what the store holds
+                    # with the batch's rows in place; written in the same MULTI/EXEC.
+                    rolled = _rollups().rollup_rows(self.read, rows)
+                    pipe.multi()  # MULTI/EXEC: all of the batch or nothing
+                    self._queue_batch(pipe, job, batch_id, rows, rolled, health)
+                    pipe.zadd(ledger, {str(batch_id): batch_id})
+                    pipe.zremrangebyrank(ledger, 0, -KEEP_BATCHES - 1)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    @staticmethod
+    def _applied(pipe, ledger: str, batch_id: int) -> bool:
+        """In the ledger, or older than the oldest batch id it still keeps."""
+        if pipe.zscore(ledger, str(batch_id)) is not None:
+            return True
+        oldest = pipe.zrange(ledger, 0, 0, withscores=True)
+        return bool(oldest) and batch_id < oldest[0][1]
+
+    def _queue_batch(self, pipe, job, batch_id, rows, rolled, health) -> None:
         for name, items in [*rows.items(), *rolled.items()]:
             m = metric(name)
             for row in items:
@@ -517,10 +561,7 @@ class RedisStore(Store):
         h = ledger_row(job, batch_id, rows, health)
         pipe.zadd(self._k("health", job), {json.dumps(h, default=str): float(batch_id)})
         pipe.zremrangebyrank(self._k("health", job), 0, -501)  # keep the last 500 batches
-        pipe.sadd(self._k("batches", job), batch_id)
         pipe.sadd(self._k("jobs"), job)
-        pipe.execute()
-        return True
 
     def read(self, name, since=None, until=None, limit=None, where=None):
         m = metric(name)
@@ -555,8 +596,8 @@ class RedisStore(Store):
         return rows
 
     def last_batch(self, job):
-        ids = self.r.smembers(self._k("batches", job))
-        return max(map(int, ids)) if ids else None
+        newest = self.r.zrange(self._k("batches", job), -1, -1, withscores=True)
+        return int(newest[0][1]) if newest else None
 
     def health(self, job=None, limit=60):
         jobs = [job] if job else sorted(self.r.smembers(self._k("jobs")))

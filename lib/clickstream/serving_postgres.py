@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from clickstream.serving import (
     HEALTH_COLUMNS,
+    KEEP_BATCHES,
     METRICS,
     SCHEMA_VERSION,
     Store,
@@ -319,12 +320,15 @@ class PostgresStore(Store):
         return out
 
     def _is_applied(self, job: str, batch_id: int) -> bool:
-        rows = self._query(
-            f"SELECT 1 FROM {self._t('batches')} WHERE job = %s AND batch_id = %s",
-            (job, batch_id),
+        """In the ledger, or older than the oldest batch id it still keeps."""
+        t = self._t("batches")
+        ((found, oldest),) = self._query(
+            f"SELECT EXISTS (SELECT 1 FROM {t} WHERE job = %s AND batch_id = %s), "
+            f"(SELECT min(batch_id) FROM {t} WHERE job = %s)",
+            (job, batch_id, job),
             what="Writing to",
         )
-        return bool(rows)
+        return bool(found) or (oldest is not None and batch_id < oldest)
 
     def _clear_staging(self, job: str, batch_id: int) -> None:
         with self.conn.cursor() as cur:
@@ -385,6 +389,8 @@ class PostgresStore(Store):
         h = ledger_row(job, batch_id, rows, health)
         try:
             with self.conn.transaction(), self.conn.cursor() as cur:
+                if self._is_applied(job, batch_id):  # e.g. pruned from the ledger long ago
+                    raise _AlreadyApplied
                 cur.execute(
                     f"INSERT INTO {self._t('batches')} ({', '.join(HEALTH_COLUMNS)}) "
                     f"VALUES ({', '.join('%s' for _ in HEALTH_COLUMNS)}) "
@@ -415,6 +421,10 @@ class PostgresStore(Store):
                 cur.execute(
                     f"DELETE FROM {self._t('staging')} WHERE job = %s AND batch_id <= %s",
                     (job, batch_id),
+                )
+                cur.execute(
+                    f"DELETE FROM {self._t('batches')} WHERE job = %s AND batch_id <= %s",
+                    (job, batch_id - KEEP_BATCHES),
                 )
         except _AlreadyApplied:
             self._clear_staging(job, batch_id)

@@ -176,3 +176,21 @@ def test_a_refresh_after_many_batches_reads_the_range_again(week_url, tmp_path):
             writer.write_batch("other", i, {"counters": [{"name": "n", "value": i}]})
         after = dd.load_snapshot(reader, minutes=30, previous=before)
     assert not after.incremental and after.rows_read["traffic"] == row_limit("traffic", None, 30)
+
+
+def test_a_day_from_rollups_and_merged_refreshes_on_every_store(store_url):
+    """The same 24-hour view from SQLite, Redis and PostgreSQL: 5-minute buckets, and a refresh
+    after two batches (one late) that equals reading the range again."""
+    first = WEEK - 25 * 60
+    with open_store(store_url) as writer, open_store(store_url, readonly=True) as reader:
+        write_minutes(writer, range(first, WEEK - 12 * 60), batch_id=0)
+        write_minutes(writer, range(WEEK - 12 * 60, WEEK - 1), batch_id=1)
+        before = dd.load_snapshot(reader, minutes=dd.TIME_RANGES["24 hours"])
+        write_minutes(writer, [WEEK - 1], batch_id=2)
+        write_minutes(writer, [WEEK - 4], batch_id=3, boost=5)
+        after = dd.load_snapshot(reader, minutes=1440, previous=before)
+        fresh = dd.load_snapshot(reader, minutes=1440)
+    assert before.range.grain_min == after.range.grain_min == 5
+    assert len(before.traffic["window_start"].unique()) == 288
+    assert after.incremental and after.rows_read["traffic_5m"] == 2  # one bucket, two types
+    _same(after, fresh)

@@ -154,3 +154,52 @@ def test_store_urls():
     with pytest.raises(StoreError, match="sqlite:///"):
         open_store("mysql://x")
     assert iso("2026-11-28T10:00:00+01:00") == "2026-11-28T09:00:00Z"
+
+
+def test_the_ledger_keeps_the_newest_batches_and_knows_older_ones_were_applied(
+    store_url, monkeypatch
+):
+    from clickstream import serving
+
+    monkeypatch.setattr(serving, "KEEP_BATCHES", 3)
+    if store_url.startswith("postgresql"):
+        from clickstream import serving_postgres
+
+        monkeypatch.setattr(serving_postgres, "KEEP_BATCHES", 3)
+    with open_store(store_url) as store:
+        for batch in range(6):
+            assert store.write_batch("job", batch, {"traffic": [traffic(0, "page_view", batch)]})
+        assert store.last_batch("job") == 5
+        # Batches 0-2 were pruned from the ledger: a replay of one is still recognised.
+        assert not store.write_batch("job", 1, {"traffic": [traffic(0, "page_view", 99)]})
+        assert not store.write_batch("job", 5, {"traffic": [traffic(0, "page_view", 99)]})
+        assert store.read("traffic")[0]["count"] == 5
+        assert store.write_batch("other", 0, {"traffic": [traffic(1, "search", 1)]})
+
+
+def test_two_redis_writers_of_the_same_batch_apply_it_once(redis_url):
+    import threading
+
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    stores = [open_store(redis_url), open_store(redis_url)]
+    for batch in range(20):
+        start = threading.Barrier(2)
+        applied = []
+
+        def write(store, batch=batch, start=start, applied=applied):
+            start.wait()
+            rows = {"traffic": [traffic(0, "page_view", batch)]}
+            applied.append(store.write_batch("job", batch, rows, {"input_rows": 1}))
+
+        threads = [threading.Thread(target=write, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(applied) == [False, True], (batch, applied)
+    health = stores[0].health("job", limit=100)
+    assert sorted(h["batch_id"] for h in health) == list(range(20))  # one health row each
+    for s in stores:
+        s.close()
