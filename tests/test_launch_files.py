@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clickstream.broker import LocalBroker, _pid_alive, free_port
+from clickstream.broker import LocalBroker, free_port
 from clickstream.config import DASHBOARD_PORT, KAFKA_VERSION, LAB_PORT, get_settings
+from clickstream.processes import alive
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -118,7 +119,7 @@ def test_start_script_brings_the_broker_up_and_down_around_the_command(tmp_path)
     status = json.loads(out.stdout[out.stdout.index("{") : out.stdout.rindex("}") + 1])
     assert status["running"] and status["pid"]
     assert "Kafka broker stopped" in out.stdout
-    assert not _pid_alive(status["pid"])
+    assert not alive(status["pid"])
     # The command's exit code is the script's.
     failing = subprocess.run(
         [str(DOCKER / "start"), "false"], env=env, capture_output=True, timeout=180

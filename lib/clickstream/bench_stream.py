@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clickstream.config import Settings
+from clickstream.processes import wait_until
 
 
 @dataclass
@@ -168,12 +169,13 @@ def live_latencies(
             sent.append(time.time())
         producer.flush()
         achieved = count / (time.monotonic() - began)
-        deadline = time.monotonic() + 60
         with open_store(store_url) as store:
-            while time.monotonic() < deadline:
-                if int(store.counters().get("records", 0)) >= count:
-                    break
-                time.sleep(0.2)
+            wait_until(
+                lambda: int(store.counters().get("records", 0)) >= count,
+                60,
+                f"the job to count all {count:,} records sent at {rate:,.0f} events/s",
+                interval_s=0.2,
+            )
             health = sorted(store.health(JOB, limit=100_000), key=lambda h: h["batch_id"])
         producer.close()
     finally:

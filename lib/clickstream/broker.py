@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -32,6 +31,7 @@ from clickstream.java import (
     extra_java_options,
     record_class_archive,
 )
+from clickstream.processes import GaveUp, WaitTimeout, alive, stop, wait_until
 
 LOG4J_CONFIG = Path(__file__).with_name("broker_log4j2.properties")
 START_TIMEOUT_S = 90
@@ -81,28 +81,6 @@ def free_ports(count: int, avoid: tuple[int, ...] = ()) -> list[int]:
             sock.close()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child (ours, not yet reaped) counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def read_json(path: Path) -> dict:
     """A state file (meta.json and the like) as a dict; empty if missing or unreadable."""
     try:
@@ -117,7 +95,7 @@ def kafka_pid(pid_file: Path) -> int | None:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) and "kafka.Kafka" in _cmdline(pid) else None
+    return pid if alive(pid, "kafka.Kafka") else None
 
 
 def who_listens(port: int) -> str:
@@ -231,7 +209,7 @@ class LocalBroker:
         try:
             wait_for_broker(self.bootstrap_servers, timeout_s=START_TIMEOUT_S, process=proc)
         except BrokerNotReachable as exc:
-            self._kill(proc.pid)
+            stop(proc.pid)
             raise BrokerError(
                 f"The Kafka broker did not start ({exc}). Its log is {self.log_file}; last "
                 f"lines:\n{self.log_tail()}"
@@ -251,7 +229,8 @@ class LocalBroker:
         if pid is None:
             echo("No local Kafka broker running.")
         else:
-            self._kill(pid)
+            if stop(pid):
+                raise BrokerError(f"Could not stop the broker process {pid}.")
             echo(f"Kafka broker stopped (pid {pid}).")
         self.pid_file.unlink(missing_ok=True)
         if purge and self.dir.exists():
@@ -380,25 +359,6 @@ class LocalBroker:
         self.pid_file.write_text(str(proc.pid))
         return proc
 
-    def _kill(self, pid: int, timeout_s: float = 30) -> None:
-        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10)):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                    if done == pid:
-                        return
-                except ChildProcessError:
-                    pass  # not our child: poll instead
-                if not _pid_alive(pid):
-                    return
-                time.sleep(0.1)
-        raise BrokerError(f"Could not stop the broker process {pid}.")
-
 
 def kafka_class_archive(settings: Settings | None = None, java: JavaInfo | None = None) -> Path:
     """Where the class-data archive for this Kafka and this Java lives (it may not exist)."""
@@ -457,29 +417,35 @@ def wait_for_broker(
 
     from clickstream.kafka_io import client_security
 
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
+    def answered() -> bool:
         if process is not None and process.poll() is not None:
-            raise BrokerNotReachable(f"the broker process exited with code {process.returncode}")
+            raise GaveUp(f"the broker process exited with code {process.returncode}")
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=5000,
+            # Short, so a broker process that died is noticed within a few seconds.
+            bootstrap_timeout_ms=3000,
+            client_id="clickstream-health",
+            **client_security(),
+        )
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap,
-                request_timeout_ms=5000,
-                # Short, so a broker process that died is noticed within a few seconds.
-                bootstrap_timeout_ms=3000,
-                client_id="clickstream-health",
-                **client_security(),
-            )
-            try:
-                admin.list_topics()
-                return
-            finally:
-                admin.close()
-        except (KafkaError, OSError, ValueError) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.5)
-    raise BrokerNotReachable(
-        f"No Kafka broker answered at {bootstrap} within {timeout_s:.0f} s ({last}). "
-        "Start the local one with `clickstream broker up`, or check KAFKA_BOOTSTRAP_SERVERS."
-    )
+            admin.list_topics()
+            return True
+        finally:
+            admin.close()
+
+    try:
+        wait_until(
+            answered,
+            timeout_s,
+            f"a Kafka broker to answer at {bootstrap}",
+            retry_on=(KafkaError, OSError, ValueError),
+        )
+    except WaitTimeout as exc:
+        if isinstance(exc.last, GaveUp):
+            raise BrokerNotReachable(str(exc.last)) from None
+        last = f"{type(exc.last).__name__}: {exc.last}" if exc.last else "no answer"
+        raise BrokerNotReachable(
+            f"No Kafka broker answered at {bootstrap} within {timeout_s:.0f} s ({last}). "
+            "Start the local one with `clickstream broker up`, or check KAFKA_BOOTSTRAP_SERVERS."
+        ) from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,10 +16,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clickstream.broker import _cmdline, _pid_alive, free_port, port_is_open
+from clickstream.broker import free_port, port_is_open
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError, PortInUseError
 from clickstream.java import check_java_for_spark, extra_java_options
+from clickstream.processes import GaveUp, WaitTimeout, alive, stop, wait_until
 from clickstream.spark import LOG4J_CONFIG
 
 MASTER_PORT = 7077
@@ -64,7 +64,7 @@ class SparkCluster:
             return {}
 
     def _alive(self, pid: int | None, marker: str) -> bool:
-        return bool(pid) and _pid_alive(pid) and marker in _cmdline(pid)
+        return alive(pid, marker)
 
     def master_pid(self) -> int | None:
         pid = self.meta().get("master_pid")
@@ -187,14 +187,13 @@ class SparkCluster:
         """The applications the master ran or runs (running first), only those called `name`
         if given; each has its `id`, `name`, `cores`, `state`. Waits up to `wait_s` for a busy
         master to answer."""
-        deadline = time.monotonic() + wait_s
-        while (state := self.master_state()) is None:
-            if time.monotonic() >= deadline:
-                raise ClusterError(
-                    "The Spark master's web UI did not answer: is the cluster running? "
-                    "(`clickstream spark-cluster status`)"
-                )
-            time.sleep(0.5)
+        state = wait_until(
+            self.master_state,
+            wait_s,
+            "the Spark master's web UI to answer: is the cluster running? "
+            "(`clickstream spark-cluster status`)",
+            error=ClusterError,
+        )
         apps = [*state.get("activeapps", []), *state.get("completedapps", [])]
         return [a for a in apps if name is None or a.get("name") == name]
 
@@ -203,19 +202,21 @@ class SparkCluster:
         return [w for w in data.get("workers", []) if w.get("state") == "ALIVE"]
 
     def _wait(self, check, what: str, master_pid: int) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if check():
-                return
-            if not _pid_alive(master_pid):
-                break
-            time.sleep(0.5)
-        tail = (self.dir / "master.log").read_text(errors="replace").splitlines()[-15:]
-        self.down(echo=lambda m: None)
-        raise ClusterError(
-            f"Timed out waiting for {what}. Logs are in {self.dir}; the master's last lines:\n"
-            + "\n".join(tail)
-        )
+                return True
+            if not alive(master_pid):
+                raise GaveUp("the Spark master exited")
+            return False
+
+        try:
+            wait_until(ready, START_TIMEOUT_S, what)
+        except WaitTimeout as exc:
+            tail = (self.dir / "master.log").read_text(errors="replace").splitlines()[-15:]
+            self.down(echo=lambda m: None)
+            raise ClusterError(
+                f"{exc} Logs are in {self.dir}; the master's last lines:\n" + "\n".join(tail)
+            ) from None
 
     def status(self) -> ClusterStatus:
         meta = self.meta()
@@ -246,7 +247,8 @@ class SparkCluster:
         stopped = 0
         for pid, marker in pids:
             if self._alive(pid, marker):
-                _terminate(pid)
+                if stop(pid, timeout_s=20, kill_after_s=5):  # the JVM and its launcher
+                    raise ClusterError(f"Could not stop the Spark process {pid}.")
                 stopped += 1
         self.meta_file.unlink(missing_ok=True)
         echo(
@@ -255,21 +257,3 @@ class SparkCluster:
             else "No Spark cluster running."
         )
         return stopped > 0
-
-
-def _terminate(pid: int, timeout_s: float = 20) -> None:
-    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(pid, sig)  # the JVM and the spark-class shell around it
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    return
-            except ChildProcessError:
-                pass
-            if not _pid_alive(pid):
-                return
-            time.sleep(0.1)

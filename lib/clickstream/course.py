@@ -29,6 +29,7 @@ from pathlib import Path
 
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
+from clickstream.processes import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -287,20 +288,22 @@ def reset_topics(*topics: str, bootstrap: str, partitions: int = 3) -> None:
 
     for topic in topics:
         delete_topic(topic, bootstrap)
-        deadline = time.monotonic() + 30
-        while True:
+
+        def recreated_empty(topic=topic) -> bool:
             # Right after a delete the broker may still report the old topic as existing.
             ensure_topic(topic, partitions=partitions, bootstrap=bootstrap)
             offsets = topic_offsets(topic, bootstrap)
             if len(offsets) == partitions and all(e == 0 for _, e in offsets.values()):
-                break
-            if time.monotonic() > deadline:
-                raise ClickstreamError(
-                    f"Could not recreate topic {topic} empty with {partitions} partitions "
-                    f"(found {offsets}). Check the broker log (`clickstream broker status`)."
-                )
-            time.sleep(0.5)
+                return True
             delete_topic(topic, bootstrap)
+            return False
+
+        wait_until(
+            recreated_empty,
+            30,
+            f"topic {topic} to be recreated empty with {partitions} partitions (check the "
+            "broker log: `clickstream broker status`)",
+        )
 
 
 def reset_groups(*groups: str, bootstrap: str) -> None:

@@ -293,8 +293,10 @@ class RangeRows:
         for row in rows:
             by_window.setdefault(row["window_start"], []).append(row)
         for start, items in by_window.items():
-            self.windows[start] = items
-            if self.totals is not None:
+            if self.totals is None:
+                self.windows[start] = items
+            else:  # the panel needs the sums only: keep those, not the rows (memory)
+                self.windows[start] = []
                 self.partials[start] = part = self.totals.partial(items)
                 self.totals.apply(part)
 
@@ -307,7 +309,7 @@ class RangeRows:
                 self.totals.apply(part, sign=-1)
 
     def rows(self) -> list[dict]:
-        """Every row, in window order."""
+        """Every row, in window order (none for a metric kept as running totals)."""
         return [r for start in sorted(self.windows) for r in self.windows[start]]
 
 

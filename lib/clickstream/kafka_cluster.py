@@ -8,10 +8,8 @@ acknowledged event. `stop_node(n)` / `start_node(n)` take one node down and back
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +18,6 @@ from clickstream.broker import (
     LOG4J_CONFIG,
     START_TIMEOUT_S,
     BrokerStatus,
-    _pid_alive,
     cluster_id,
     free_ports,
     kafka_class_archive,
@@ -32,15 +29,7 @@ from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerError, BrokerNotReachable
 from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
 from clickstream.java import check_java_for_kafka, class_archive_options, extra_java_options
-
-
-def _reap(pid: int) -> bool:
-    """True while `pid` is alive (a child of ours that exited is reaped here)."""
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return _pid_alive(pid)
+from clickstream.processes import GaveUp, stop, wait_until
 
 
 class LocalKafkaCluster:
@@ -119,18 +108,13 @@ class LocalKafkaCluster:
 
     def stop_node(self, node_id: int, hard: bool = False, echo=print) -> None:
         """Stop one node (SIGTERM, or SIGKILL with hard=True) to show what replication buys."""
-        from clickstream.broker import LocalBroker
 
         pid = self.node_pid(node_id)
         if pid is None:
             echo(f"Node {node_id} is not running.")
             return
-        if hard:
-            import os
-            import signal
-
-            os.kill(pid, signal.SIGKILL)
-        LocalBroker._kill(None, pid)  # waits until the process is gone
+        if stop(pid, hard=hard):  # waits until the process is gone
+            raise BrokerError(f"Could not stop node {node_id} (pid {pid}).")
         echo(f"Node {node_id} stopped (pid {pid}).")
 
     def start_node(self, node_id: int, echo=print) -> None:
@@ -150,25 +134,9 @@ class LocalKafkaCluster:
         """
         pids = {n["node_id"]: self.node_pid(n["node_id"]) for n in self.nodes()}
         pids = {node: pid for node, pid in pids.items() if pid}
-        for sig, wait_s in (
-            ((signal.SIGKILL, 10),)
-            if hard
-            else (
-                (signal.SIGTERM, 30),
-                (signal.SIGKILL, 10),
-            )
-        ):
-            for pid in pids.values():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and any(_reap(p) for p in pids.values()):
-                time.sleep(0.1)
-            if not any(_reap(p) for p in pids.values()):
-                break
-        alive = [node for node, pid in pids.items() if _reap(pid)]
-        if alive:
-            raise BrokerError(f"Could not stop Kafka cluster nodes {alive}.")
+        left = [node for node, pid in pids.items() if stop(pid, hard=hard)]
+        if left:
+            raise BrokerError(f"Could not stop Kafka cluster nodes {left}.")
         if pids:
             echo(f"Kafka cluster stopped (nodes {', '.join(map(str, sorted(pids)))}).")
         if purge and self.dir.exists():
@@ -266,7 +234,6 @@ class LocalKafkaCluster:
             )
 
     def _start(self, node_id: int) -> None:
-        import os
 
         d = self.node_dir(node_id)
         heap = os.environ.get("CLICKSTREAM_BROKER_HEAP", "384m")
@@ -292,35 +259,34 @@ class LocalKafkaCluster:
 
     def _wait_for_all(self, brokers: int) -> None:
         from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
 
-        deadline = time.monotonic() + START_TIMEOUT_S
-        last = ""
         retried: dict[int, bool] = {}
-        while time.monotonic() < deadline:
+
+        def formed() -> bool:
             dead = [n["node_id"] for n in self.nodes() if not self._starting_or_running(n)]
             for node_id in dead:
                 code = self._procs[node_id].returncode if node_id in self._procs else None
                 if retried.get(node_id):
                     tail = (self.node_dir(node_id) / "broker.log").read_text(errors="replace")
-                    raise BrokerError(
-                        f"Node {node_id} exited (exit status {code}); its log is "
+                    raise GaveUp(
+                        f"node {node_id} exited (exit status {code}); its log is "
                         f"{self.node_dir(node_id) / 'broker.log'}; last lines:\n"
                         + "\n".join(tail.splitlines()[-15:])
                     )
                 retried[node_id] = True  # once: a node that dies at birth gets a second start
                 self._start(node_id)
+            wait_for_broker(self.bootstrap_servers, timeout_s=5)
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
             try:
-                wait_for_broker(self.bootstrap_servers, timeout_s=5)
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
-                try:
-                    if len(admin.describe_cluster().get("brokers", [])) >= brokers:
-                        return
-                finally:
-                    admin.close()
-            except (BrokerNotReachable, Exception) as exc:  # noqa: BLE001 - retried until the deadline
-                last = str(exc)
-            time.sleep(0.5)
-        raise BrokerError(
-            f"The {brokers}-node cluster did not form within "
-            f"{START_TIMEOUT_S} s ({last}); logs in {self.dir}."
+                return len(admin.describe_cluster().get("brokers", [])) >= brokers
+            finally:
+                admin.close()
+
+        wait_until(
+            formed,
+            START_TIMEOUT_S,
+            f"the {brokers}-node cluster to form (logs in {self.dir})",
+            retry_on=(BrokerNotReachable, KafkaError, OSError),
+            error=BrokerError,
         )

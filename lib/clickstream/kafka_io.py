@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 
 from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerNotReachable, ClickstreamError
+from clickstream.processes import wait_until
 
 
 def client_security() -> dict:
@@ -77,13 +77,18 @@ def ensure_topic(
 
 
 def _wait_for_leaders(admin, topic: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def led() -> bool:
         meta = admin.describe_topics([topic])
         parts = meta[0].get("partitions", []) if meta else []
-        if parts and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in parts):
-            return
-        time.sleep(0.2)
+        return bool(parts) and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in parts)
+
+    wait_until(
+        led,
+        timeout_s,
+        f"every partition of {topic} to have a leader (is every broker up? "
+        "`clickstream broker status`)",
+        interval_s=0.2,
+    )
 
 
 def delete_topic(topic: str, bootstrap: str | None = None) -> bool:
@@ -94,9 +99,12 @@ def delete_topic(topic: str, bootstrap: str | None = None) -> bool:
         if topic not in admin.list_topics():
             return False
         admin.delete_topics([topic])
-        deadline = time.monotonic() + 30
-        while topic in admin.list_topics() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(
+            lambda: topic not in admin.list_topics(),
+            30,
+            f"the broker to finish deleting {topic}",
+            interval_s=0.2,
+        )
         return True
     finally:
         admin.close()

@@ -8,10 +8,11 @@ import subprocess
 
 import pytest
 
-from clickstream.broker import LocalBroker, _pid_alive, free_port
+from clickstream.broker import LocalBroker, free_port
 from clickstream.config import get_settings
 from clickstream.errors import BrokerError, JarResolutionError, PortInUseError
 from clickstream.kafka_io import ensure_topic, message_count, read_all, send_all
+from clickstream.processes import alive
 from tests.conftest import CLICKSTREAM, require_tool
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def test_up_twice_down_and_up_again_keeps_data(own_broker):
     said = []
     own_broker.up(echo=said.append)
     pid = own_broker.pid()
-    assert pid and _pid_alive(pid)
+    assert pid and alive(pid)
     own_broker.up(echo=said.append)  # harmless: same process, says so
     assert own_broker.pid() == pid
     assert "already running" in said[-1]
@@ -49,7 +50,7 @@ def test_up_twice_down_and_up_again_keeps_data(own_broker):
     assert status.topics["keep_me"] == {"partitions": 2, "messages": 500}
 
     assert own_broker.down(echo=said.append)
-    assert not _pid_alive(pid)
+    assert not alive(pid)
     assert java_processes_for(own_broker.dir) == []
     assert not own_broker.status().running
 

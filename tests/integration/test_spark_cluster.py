@@ -6,10 +6,11 @@ import subprocess
 
 import pytest
 
-from clickstream.broker import _pid_alive, free_port
+from clickstream.broker import free_port
 from clickstream.cluster import SparkCluster
 from clickstream.config import get_settings
 from clickstream.kafka_io import ensure_topic, send_all
+from clickstream.processes import alive
 from clickstream.serving import open_store
 from tests.stream_process import stream_command
 from tests.stream_truth import Params, build_stream, diff, expected_store, store_rows, stream_config
@@ -64,5 +65,5 @@ def test_cluster_lifecycle_and_pipeline_on_two_workers(cluster, bootstrap, topic
 
     pids = [cluster.meta()["master_pid"], *cluster.meta()["worker_pids"]]
     assert cluster.down(echo=said.append)
-    assert not any(_pid_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     assert not cluster.status().running
