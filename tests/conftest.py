@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from clickstream.broker import LocalBroker, free_port
 from clickstream.config import get_settings
 from clickstream.course import end_test_session, isolate_test_session
+from clickstream.processes import WaitTimeout, wait_until
 
 IN_CI = bool(os.environ.get("CI"))
 # The CLI installed beside this interpreter (tests may run without the venv on PATH).
@@ -99,44 +101,38 @@ def require_tool(name: str) -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A real redis-server on a free port for the session (no persistence)."""
-    import subprocess
-    import time
+def start_redis(workdir, password: str | None = None) -> tuple[subprocess.Popen, int]:
+    """A real redis-server on a free port of 127.0.0.1, without persistence (and wanting
+    `password` if given), answering pings: (process, port). Stop it with terminate()."""
+    import redis
 
-    exe = require_tool("redis-server")
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
+        [require_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
+        + ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+        + (["--requirepass", password] if password else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.1)
-    else:
+    client = redis.Redis(port=port, password=password)
+    try:
+        wait_until(
+            client.ping,
+            10,
+            "redis-server to answer",
+            interval_s=0.1,
+            retry_on=(redis.exceptions.ConnectionError,),
+        )
+    except WaitTimeout as exc:
         proc.kill()
-        pytest.fail("redis-server did not start")
+        pytest.fail(str(exc))
+    return proc, port
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free port for the session (no persistence)."""
+    proc, port = start_redis(tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)

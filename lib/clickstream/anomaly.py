@@ -21,16 +21,13 @@ watermark passes them) and an offline replay agree exactly.
 
 Measure recall and false alerts over a long simulated stream with random incidents and surges:
 
-    python -m clickstream.anomaly bench            # or: clickstream bench anomalies
+    clickstream bench anomalies
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -472,35 +469,3 @@ def bench(
         seconds=time.perf_counter() - started,
         config=asdict(config or DetectorConfig()),
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m clickstream.anomaly`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m clickstream.anomaly", description=__doc__.splitlines()[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    b = commands.add_parser("bench", help="recall and false alerts over a long stream")
-    b.add_argument("--hours", type=float, default=12.0)
-    b.add_argument("--rate", type=float, default=50.0)
-    b.add_argument("--window", type=int, default=60, help="window length in seconds")
-    b.add_argument("--incidents", type=int, default=8)
-    b.add_argument("--surges", type=int, default=6)
-    b.add_argument("--seed", type=int, default=42)
-    b.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    result = bench(
-        hours=args.hours,
-        rate=args.rate,
-        window_s=args.window,
-        incidents=args.incidents,
-        surges=args.surges,
-        seed=args.seed,
-        progress=lambda m: print(m, file=sys.stderr),
-    )
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

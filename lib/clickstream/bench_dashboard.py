@@ -28,6 +28,7 @@ from pathlib import Path
 
 from clickstream import dashboard_data as dd
 from clickstream.bench import machine_summary
+from clickstream.redact import redact_url
 from clickstream.serving import HEALTH_COLUMNS, Store, iso, open_store
 
 END = "2026-11-28T00:00:00Z"  # the filled history ends here; new batches come after it
@@ -310,7 +311,8 @@ def bench_refresh(
         fill_s = time.perf_counter() - started
         reader = open_store(store_url, readonly=True)
         shape = _Shape()
-        result = BenchResult(store_url, minutes, rows, ledger_batches, fill_s, {}, {})
+        shown = redact_url(store_url)  # printed and in the JSON: never a password
+        result = BenchResult(shown, minutes, rows, ledger_batches, fill_s, {}, {})
         next_minute = 0
         snap = None
         for label in ranges:

@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+from pathlib import Path
 
 import click
 
-from clickstream.config import get_settings
+from clickstream.config import (
+    ConfigError,
+    check_bootstrap_servers,
+    check_environment,
+    check_spark_master,
+    check_store_url,
+    check_topic,
+    get_settings,
+)
 from clickstream.errors import ClickstreamError
+from clickstream.redact import redact_url
+
+
+class _Command(click.Command):
+    """Checks the environment's settings once the options are parsed, before any work."""
+
+    def invoke(self, ctx):
+        check_environment()
+        return super().invoke(ctx)
 
 
 class _Group(click.Group):
-    """Print project errors as one clear message; tracebacks only with --debug."""
+    """Print project errors as one clear message; tracebacks only with --debug. A bad setting
+    in the environment exits with 2, as a bad option does."""
+
+    command_class = _Command
+    group_class = type  # subgroups are _Group too
 
     def invoke(self, ctx):
         try:
@@ -22,7 +45,141 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(1)
+            sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+# -- option types: a bad value is a usage error (exit code 2) before any work starts ----------
+
+
+class _Checked(click.ParamType):
+    """A value checked (and converted) by `check`, which raises ValueError saying what is wrong
+    and what is expected."""
+
+    def __init__(self, name: str, check):
+        self.name = name
+        self.check = check
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):  # already converted (a default, or a repeated option)
+            return value
+        try:
+            return self.check(value)
+        except (ValueError, ClickstreamError) as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _duration(minimum_s: int = 0, whole_seconds: bool = False) -> _Checked:
+    """A duration as the streaming job reads it ('10 seconds', '1 minute', '90s')."""
+
+    def check(text: str) -> str:
+        from clickstream.stream import duration_us
+
+        try:
+            us = duration_us(text)
+        except ClickstreamError:
+            raise ValueError(
+                f"{text!r} is not a duration: write it like '10 seconds', '1 minute', "
+                "'2 minutes' or '1 hour'."
+            ) from None
+        if whole_seconds and (us % 1_000_000 or us < minimum_s * 1_000_000):
+            raise ValueError(
+                f"{text!r}: use a whole number of seconds, at least {minimum_s} (the store keys "
+                "windows by their start in seconds)."
+            )
+        if us < minimum_s * 1_000_000:
+            raise ValueError(f"{text!r}: use at least {minimum_s} s.")
+        return text
+
+    return _Checked("duration", check)
+
+
+def _event_time(text: str) -> str:
+    from clickstream.events import parse_event_time
+
+    try:
+        parse_event_time(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an ISO-8601 time with Z or an offset, such as 2026-11-28T00:00:00Z."
+        ) from None
+    return text
+
+
+def _utc_time(text: str) -> str:
+    from datetime import datetime
+
+    from clickstream.serving import iso
+
+    try:
+        return iso(datetime.fromisoformat(text))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an ISO-8601 time such as 2026-11-28T10:15:00Z."
+        ) from None
+
+
+def _memory(text: str) -> str:
+    # Spark's size syntax (JavaUtils.byteStringAs), in megabytes and more: a worker needs them.
+    if not re.fullmatch(r"[1-9][0-9]*[mgt]b?", text.strip(), re.IGNORECASE):
+        raise ValueError(f"{text!r} is not a memory size: write it like 512m or 2g.")
+    return text.strip()
+
+
+def _interval(value: str, value_ok, expected: str) -> _Checked:
+    """START:END:VALUE, offsets in seconds of event time, START before END."""
+
+    def check(text: str) -> tuple[float, float, float]:
+        try:
+            start, end, x = (float(part) for part in text.split(":"))
+            if start < end and value_ok(x):
+                return start, end, x
+        except ValueError:  # not three numbers
+            pass
+        example = "60:120:0.2" if value == "RATE" else "60:120:3"
+        raise ValueError(
+            f"{text!r}: expected START:END:{value} (seconds of event time, START before END; "
+            f"{value} {expected}), such as {example}."
+        )
+
+    return _Checked(f"start:end:{value.lower()}", check)
+
+
+def _name_value(what: str):
+    def check(text: str) -> tuple[str, str]:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{text!r}: expected {what}=VALUE.")
+        return name.strip(), value
+
+    return check
+
+
+def _metric_name(name: str) -> str:
+    from clickstream.serving import METRICS, tables
+
+    if name != "health" and name not in tables():
+        raise ValueError(
+            f"Unknown metric {name!r}; choose one of: {', '.join(METRICS)}, health (or a "
+            "rollup such as traffic_5m or traffic_30m)."
+        )
+    return name
+
+
+PORT = click.IntRange(1, 65535)
+SEED = click.IntRange(min=0)
+STORE_URL = _Checked("url", check_store_url)
+BOOTSTRAP_SERVERS = _Checked("host:port,...", check_bootstrap_servers)
+TOPIC = _Checked("topic", check_topic)
+OPTIONAL_TOPIC = _Checked("topic", lambda text: text and check_topic(text))  # '' turns it off
+SPARK_MASTER = _Checked("master", check_spark_master)
+EVENT_TIME = _Checked("time", _event_time)
+UTC_TIME = _Checked("time", _utc_time)
+MEMORY = _Checked("size", _memory)
+INCIDENT = _interval("RATE", lambda x: 0 <= x <= 1, "an error rate from 0 to 1")
+SURGE = _interval("MULTIPLIER", lambda x: x > 0, "above 0")
+NOTEBOOK_PARAMETER = _Checked("name=value", _name_value("NAME"))
+COLUMN_FILTER = _Checked("column=value", _name_value("COLUMN"))
+METRIC_NAME = _Checked("name", _metric_name)
 
 
 @click.group(cls=_Group)
@@ -80,10 +237,10 @@ def broker():
 
 
 @broker.command("up")
-@click.option("--port", type=int, default=None, help="Listen on this port (default 9092).")
+@click.option("--port", type=PORT, default=None, help="Listen on this port (default 9092).")
 @click.option(
     "--brokers",
-    type=int,
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Nodes: 3 starts a replicated cluster (replication factor 3, min.insync.replicas 2).",
@@ -114,23 +271,36 @@ def broker_down(purge):
     LocalBroker(settings).down(purge=purge, echo=click.echo)
 
 
+def _cluster_with_node(node: int):
+    """The local multi-node cluster, if it has node `node` (else a usage error)."""
+    from clickstream.kafka_cluster import LocalKafkaCluster
+
+    cluster = LocalKafkaCluster(get_settings())
+    ids = [n["node_id"] for n in cluster.nodes()]
+    if node not in ids:
+        raise click.BadParameter(
+            f"the local cluster has nodes {', '.join(map(str, ids))}, not {node}."
+            if ids
+            else "there is no local multi-node cluster: start one with "
+            "`clickstream broker up --brokers 3`.",
+            param_hint="'NODE'",
+        )
+    return cluster
+
+
 @broker.command("stop-node")
-@click.argument("node", type=int)
+@click.argument("node", type=click.IntRange(min=1))
 @click.option("--kill", is_flag=True, help="SIGKILL instead of a clean shutdown.")
 def broker_stop_node(node, kill):
     """Stop one node of the local multi-node cluster."""
-    from clickstream.kafka_cluster import LocalKafkaCluster
-
-    LocalKafkaCluster(get_settings()).stop_node(node, hard=kill, echo=click.echo)
+    _cluster_with_node(node).stop_node(node, hard=kill, echo=click.echo)
 
 
 @broker.command("start-node")
-@click.argument("node", type=int)
+@click.argument("node", type=click.IntRange(min=1))
 def broker_start_node(node):
     """Start a stopped node of the local multi-node cluster again."""
-    from clickstream.kafka_cluster import LocalKafkaCluster
-
-    LocalKafkaCluster(get_settings()).start_node(node, echo=click.echo)
+    _cluster_with_node(node).start_node(node, echo=click.echo)
 
 
 @broker.command("status")
@@ -165,7 +335,10 @@ def broker_status(as_json):
 
 @main.command("lag")
 @click.option(
-    "--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: local broker)."
+    "--bootstrap-servers",
+    type=BOOTSTRAP_SERVERS,
+    default=None,
+    help="Kafka bootstrap servers (default: local broker).",
 )
 @click.option("--group", "groups", multiple=True, help="Only this consumer group (repeatable).")
 @click.option(
@@ -213,8 +386,13 @@ def lag_command(bootstrap_servers, groups, checkpoints, as_json):
     show_default=True,
     help="Simulated events per second.",
 )
-@click.option("--port", type=int, default=8501, show_default=True, help="Dashboard port.")
-@click.option("--seconds", type=float, default=None, help="Stop after this long (default: Ctrl-C).")
+@click.option("--port", type=PORT, default=8501, show_default=True, help="Dashboard port.")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after this long (default: Ctrl-C).",
+)
 def demo(rate, port, seconds):
     """The whole pipeline live: broker, producer, streaming job and dashboard, until Ctrl-C.
 
@@ -226,16 +404,45 @@ def demo(rate, port, seconds):
 
 
 @main.command()
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--count", type=int, default=10_000, show_default=True)
-@click.option("--rate", type=float, default=50.0, show_default=True, help="Events/s of event time.")
-@click.option("--start", default="2026-11-28T00:00:00Z", show_default=True)
-@click.option("--incident", "incidents", multiple=True, help="START:END:ERROR_RATE (s offsets).")
-@click.option("--surge", "surges", multiple=True, help="START:END:MULTIPLIER (s offsets).")
-@click.option("--late-share", type=float, default=0.0)
-@click.option("--late-delay", type=float, default=0.0, help="Seconds behind, for late events.")
-@click.option("--duplicates", type=int, default=0, help="Exact number of duplicate records.")
-@click.option("--malformed", type=int, default=0, help="Exact number of malformed records.")
+@click.option("--seed", type=SEED, default=42, show_default=True)
+@click.option("--count", type=click.IntRange(min=0), default=10_000, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="Events/s of event time.",
+)
+@click.option("--start", type=EVENT_TIME, default="2026-11-28T00:00:00Z", show_default=True)
+@click.option(
+    "--incident",
+    "incidents",
+    type=INCIDENT,
+    multiple=True,
+    help="START:END:ERROR_RATE (s offsets).",
+)
+@click.option(
+    "--surge", "surges", type=SURGE, multiple=True, help="START:END:MULTIPLIER (s offsets)."
+)
+@click.option("--late-share", type=click.FloatRange(0, 1), default=0.0)
+@click.option(
+    "--late-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds behind, for late events.",
+)
+@click.option(
+    "--duplicates",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Exact number of duplicate records.",
+)
+@click.option(
+    "--malformed",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Exact number of malformed records.",
+)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True)
 def simulate(
     seed,
@@ -258,8 +465,8 @@ def simulate(
         count=count,
         rate=rate,
         start=start,
-        incidents=[_triple(i, "--incident") for i in incidents],
-        surges=[_triple(s, "--surge") for s in surges],
+        incidents=list(incidents),
+        surges=list(surges),
         late_share=late_share,
         late_delay_s=late_delay,
         duplicate_count=duplicates,
@@ -272,18 +479,13 @@ def simulate(
     click.echo(json.dumps(truth.to_dict().get("counts", {})))
 
 
-def _triple(text: str, name: str) -> tuple[float, float, float]:
-    try:
-        a, b, c = (float(x) for x in text.split(":"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected START:END:VALUE", param_hint=name) from None
-    return a, b, c
-
-
 @main.command()
-@click.option("--topic", default=None, help="Topic (default user_clickstream).")
+@click.option("--topic", type=TOPIC, default=None, help="Topic (default user_clickstream).")
 @click.option(
-    "--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: local broker)."
+    "--bootstrap-servers",
+    type=BOOTSTRAP_SERVERS,
+    default=None,
+    help="Kafka bootstrap servers (default: local broker).",
 )
 @click.option(
     "--rate",
@@ -303,9 +505,12 @@ def _triple(text: str, name: str) -> tuple[float, float, float]:
     default=None,
     help="Stop after this many seconds.",
 )
-@click.option("--seed", type=int, default=42, show_default=True, help="Simulator seed.")
+@click.option("--seed", type=SEED, default=42, show_default=True, help="Simulator seed.")
 @click.option(
-    "--start", default=None, help="Event time of the first simulated event (default: now)."
+    "--start",
+    type=EVENT_TIME,
+    default=None,
+    help="Event time of the first simulated event (default: now).",
 )
 @click.option(
     "--replay",
@@ -416,9 +621,12 @@ def produce(
 
 
 @main.command()
-@click.option("--topic", default=None, help="Topic (default user_clickstream).")
+@click.option("--topic", type=TOPIC, default=None, help="Topic (default user_clickstream).")
 @click.option(
-    "--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: local broker)."
+    "--bootstrap-servers",
+    type=BOOTSTRAP_SERVERS,
+    default=None,
+    help="Kafka bootstrap servers (default: local broker).",
 )
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the newest.")
 @click.option(
@@ -535,10 +743,11 @@ def bench():
 )
 @click.option(
     "--bootstrap-servers",
+    type=BOOTSTRAP_SERVERS,
     default=None,
     help="Measure against this cluster (default: the local broker, started if needed).",
 )
-@click.option("--seed", type=int, default=42, show_default=True, help="Simulator seed.")
+@click.option("--seed", type=SEED, default=42, show_default=True, help="Simulator seed.")
 @click.option(
     "--profile",
     is_flag=True,
@@ -573,6 +782,7 @@ def bench_produce(count, bootstrap_servers, seed, profile, as_json):
 )
 @click.option(
     "--master",
+    type=SPARK_MASTER,
     default=None,
     help="Spark master URL (default: SPARK_MASTER or local[2]), e.g. spark://127.0.0.1:7077.",
 )
@@ -634,10 +844,11 @@ def bench_stream(count, master, max_offsets_per_trigger, live_seconds, live_rate
 @click.option(
     "--store",
     "store_url",
+    type=STORE_URL,
     default=None,
     help="Serving store URL (default: CLICKSTREAM_STORE, else SQLite in the state directory).",
 )
-@click.option("--port", type=int, default=8501, show_default=True)
+@click.option("--port", type=PORT, default=8501, show_default=True)
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all)."
 )
@@ -649,10 +860,11 @@ def dashboard_command(store_url, port, host, base_url_path):
     serve(store_url, port=port, host=host, base_url_path=base_url_path, echo=click.echo)
 
 
-@click.command("dashboard")
+@click.command("dashboard", cls=_Command)
 @click.option(
     "--store",
     "store_url",
+    type=STORE_URL,
     default=None,
     help="Fill and time this store (default: a temporary SQLite file). It is emptied first.",
 )
@@ -671,7 +883,9 @@ def dashboard_command(store_url, port, host, base_url_path):
     show_default=True,
     help="Earlier batches in the ledger (default: a week at one per second).",
 )
-@click.option("--repeats", type=int, default=20, show_default=True, help="Refreshes timed.")
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Refreshes timed."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_dashboard(store_url, replace, minutes, ledger_batches, repeats, as_json):
     """Milliseconds one dashboard refresh costs at each time range, with days of per-minute
@@ -688,7 +902,8 @@ def bench_dashboard(store_url, replace, minutes, ledger_batches, repeats, as_jso
             holds_data = False
         if holds_data:
             raise ClickstreamError(
-                f"{store_url} holds data and the benchmark would empty it: point --store at a "
+                f"{redact_url(store_url)} holds data and the benchmark would empty it: point "
+                "--store at a "
                 "scratch store, or add --replace."
             )
 
@@ -699,7 +914,8 @@ def bench_dashboard(store_url, replace, minutes, ledger_batches, repeats, as_jso
         click.echo(text, err=True)
 
     say(
-        f"filling {store_url or 'a temporary SQLite store'} with {minutes:,} per-minute windows "
+        f"filling {redact_url(store_url) if store_url else 'a temporary SQLite store'} with "
+        f"{minutes:,} per-minute windows "
         f"of every metric and a ledger of {ledger_batches:,} batches, then timing refreshes..."
     )
     result = bench_refresh(
@@ -727,13 +943,19 @@ bench.add_command(bench_dashboard)
 
 
 @main.command("stream")
-@click.option("--topic", default=None, help="Raw events topic (default user_clickstream).")
 @click.option(
-    "--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: local broker)."
+    "--topic", type=TOPIC, default=None, help="Raw events topic (default user_clickstream)."
+)
+@click.option(
+    "--bootstrap-servers",
+    type=BOOTSTRAP_SERVERS,
+    default=None,
+    help="Kafka bootstrap servers (default: local broker).",
 )
 @click.option(
     "--store",
     "store_url",
+    type=STORE_URL,
     default=None,
     help="sqlite:///path.db (default: CLICKSTREAM_STORE, else SQLite in the state directory), "
     "redis://host:port/db or postgresql://user@host:port/db.",
@@ -744,19 +966,43 @@ bench.add_command(bench_dashboard)
     default=None,
     help="Checkpoint directory (default: one per topic and store under the state directory).",
 )
-@click.option("--window", default="1 minute", show_default=True, help="Window length.")
-@click.option("--slide", default=None, help="Slide, for sliding windows (default: tumbling).")
 @click.option(
-    "--watermark", default="2 minutes", show_default=True, help="How late an event may be."
+    "--window",
+    type=_duration(1, whole_seconds=True),
+    default="1 minute",
+    show_default=True,
+    help="Window length.",
 )
 @click.option(
-    "--session-gap", default="30 minutes", show_default=True, help="Inactivity ending a session."
+    "--slide",
+    type=_duration(1, whole_seconds=True),
+    default=None,
+    help="Slide, for sliding windows (default: tumbling).",
 )
 @click.option(
-    "--trigger", default="1 second", show_default=True, help="Micro-batch interval (continuous)."
+    "--watermark",
+    type=_duration(),
+    default="2 minutes",
+    show_default=True,
+    help="How late an event may be.",
+)
+@click.option(
+    "--session-gap",
+    type=_duration(1),
+    default="30 minutes",
+    show_default=True,
+    help="Inactivity ending a session.",
+)
+@click.option(
+    "--trigger",
+    type=_duration(),
+    default="1 second",
+    show_default=True,
+    help="Micro-batch interval (continuous).",
 )
 @click.option(
     "--side-trigger",
+    type=_duration(),
     default="10 seconds",
     show_default=True,
     help="Micro-batch interval of the sessions and quarantine queries (continuous): they "
@@ -776,17 +1022,20 @@ bench.add_command(bench_dashboard)
 )
 @click.option(
     "--max-ahead",
+    type=_duration(),
     default=None,
     help="Quarantine events dated more than this past the batch's clock (default '1 day').",
 )
 @click.option(
     "--alerts-topic",
+    type=OPTIONAL_TOPIC,
     default="clickstream_alerts",
     show_default=True,
     help="Topic for anomaly alerts ('' for none).",
 )
 @click.option(
     "--quarantine-topic",
+    type=OPTIONAL_TOPIC,
     default="clickstream_quarantine",
     show_default=True,
     help="Topic for records that break the contract, with their reason ('' for none).",
@@ -794,7 +1043,12 @@ bench.add_command(bench_dashboard)
 @click.option(
     "--reset", is_flag=True, help="Delete the checkpoint and the store's contents, start over."
 )
-@click.option("--master", default=None, help="Spark master URL (default: SPARK_MASTER or local).")
+@click.option(
+    "--master",
+    type=SPARK_MASTER,
+    default=None,
+    help="Spark master URL (default: SPARK_MASTER or local).",
+)
 @click.option("--quiet", is_flag=True, help="No line per micro-batch.")
 def stream_command(
     topic,
@@ -847,7 +1101,8 @@ def stream_command(
     )
     echo = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     click.echo(
-        f"streaming {config.topic} at {config.bootstrap_servers} into {config.store_url} "
+        f"streaming {config.topic} at {config.bootstrap_servers} into "
+        f"{redact_url(config.store_url)} "
         f"(window {config.window}{', slide ' + config.slide if config.slide else ''}, "
         f"watermark {config.watermark}, session gap {config.session_gap}); checkpoint "
         f"{config.checkpoint}",
@@ -909,57 +1164,43 @@ def _cell(value) -> str:
 
 
 @main.command("metrics")
-@click.argument("name")
+@click.argument("name", type=METRIC_NAME)
 @click.option(
     "--store",
     "store_url",
+    type=STORE_URL,
     default=None,
     help="Serving store URL (default: CLICKSTREAM_STORE, else SQLite in the state directory).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of rows.")
-@click.option("--since", default=None, help="Windows starting at or after this ISO-8601 time.")
-@click.option("--until", default=None, help="Windows starting before this ISO-8601 time.")
+@click.option(
+    "--since", type=UTC_TIME, default=None, help="Windows starting at or after this ISO-8601 time."
+)
+@click.option(
+    "--until", type=UTC_TIME, default=None, help="Windows starting before this ISO-8601 time."
+)
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
     default=None,
     help="The newest N windows (N rows for metrics without windows).",
 )
-@click.option("--where", "where", multiple=True, help="COLUMN=VALUE filter (repeatable).")
+@click.option(
+    "--where", "where", type=COLUMN_FILTER, multiple=True, help="COLUMN=VALUE filter (repeatable)."
+)
 def metrics_command(name, store_url, as_json, since, until, limit, where):
     """Print metric NAME from the serving store (NAME: traffic, segments, products,
     active_users, funnel, sessions, paths, errors, alerts, quarantine, counters, or health; a
     windowed metric's rollups too, such as traffic_5m or segments_30m)."""
-    from clickstream.serving import METRICS, iso, metric, open_store, tables
+    from clickstream.serving import HEALTH_COLUMNS, METRICS, iso, metric, open_store
 
-    if name != "health":
-        if name not in tables():
-            raise ClickstreamError(
-                f"Unknown metric {name!r}; choose one of: {', '.join(METRICS)}, health (or a "
-                "rollup such as traffic_5m or traffic_30m)."
-            )
-        columns = list(metric(name).all_columns)
-    else:
-        from clickstream.serving import HEALTH_COLUMNS
-
-        columns = list(HEALTH_COLUMNS)
-    bounds = {}
-    for label, value in (("--since", since), ("--until", until)):
-        if value is not None:
-            try:
-                bounds[label] = iso(value)
-            except (TypeError, ValueError):
-                raise click.BadParameter(
-                    f"{value!r} is not an ISO-8601 time such as 2026-11-28T10:15:00Z",
-                    param_hint=label,
-                ) from None
+    columns = list(metric(name).all_columns if name != "health" else HEALTH_COLUMNS)
     filters = {}
-    for item in where:
-        column, sep, value = item.partition("=")
-        if not sep or column not in columns:
+    for column, value in where:
+        if column not in columns:
             raise click.BadParameter(
-                f"{item!r}: expected COLUMN=VALUE with COLUMN one of {', '.join(columns)}",
-                param_hint="--where",
+                f"{column!r} is not a column of {name}: use one of {', '.join(columns)}.",
+                param_hint="'--where'",
             )
         filters[column] = value
     with open_store(store_url, readonly=True) as store:
@@ -969,8 +1210,8 @@ def metrics_command(name, store_url, as_json, since, until, limit, where):
         else:
             rows = store.read(
                 name,
-                since=bounds.get("--since"),
-                until=bounds.get("--until"),
+                since=since,
+                until=until,
                 limit=limit,
                 where=filters or None,
             )
@@ -991,13 +1232,39 @@ def metrics_command(name, store_url, as_json, since, until, limit, where):
     click.echo(f"({len(rows)} rows: {what})", err=True)
 
 
-@click.command("anomalies")
-@click.option("--hours", type=float, default=12.0, show_default=True, help="Event time simulated.")
-@click.option("--rate", type=float, default=50.0, show_default=True, help="Mean events/s.")
-@click.option("--window", type=int, default=60, show_default=True, help="Window length (s).")
-@click.option("--incidents", type=int, default=8, show_default=True, help="Error incidents.")
-@click.option("--surges", type=int, default=6, show_default=True, help="Traffic surges.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.command("anomalies", cls=_Command)
+@click.option(
+    "--hours",
+    type=click.FloatRange(min=0, min_open=True),
+    default=12.0,
+    show_default=True,
+    help="Event time simulated.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="Mean events/s.",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="Window length (s).",
+)
+@click.option(
+    "--incidents",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Error incidents.",
+)
+@click.option(
+    "--surges", type=click.IntRange(min=0), default=6, show_default=True, help="Traffic surges."
+)
+@click.option("--seed", type=SEED, default=42, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_anomalies(hours, rate, window, incidents, surges, seed, as_json):
     """Recall and false alerts of the anomaly detector over a long simulated stream."""
@@ -1035,10 +1302,12 @@ def spark_cluster():
 
 
 @spark_cluster.command("up")
-@click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--cores", type=int, default=1, show_default=True, help="Cores per worker.")
-@click.option("--memory", default="1g", show_default=True, help="Memory per worker.")
-@click.option("--port", type=int, default=None, help="Master port (default 7077).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--cores", type=click.IntRange(min=1), default=1, show_default=True, help="Cores per worker."
+)
+@click.option("--memory", type=MEMORY, default="1g", show_default=True, help="Memory per worker.")
+@click.option("--port", type=PORT, default=None, help="Master port (default 7077).")
 def spark_cluster_up(workers, cores, memory, port):
     """Start a master and N workers on 127.0.0.1 (idempotent); wait until all are alive."""
     from clickstream.cluster import SparkCluster
@@ -1076,19 +1345,50 @@ def spark_cluster_status(as_json):
 
 
 @main.group()
+def data():
+    """Regenerate the data shipped in data/ (the catalogue and the recorded sample)."""
+
+
+@data.command("catalogue")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Where to write it (default: data/catalogue.csv).",
+)
+def data_catalogue(output):
+    """Write the product catalogue the simulator draws from."""
+    from clickstream import simulator
+
+    click.echo(f"wrote {simulator.write_catalogue(Path(output or simulator.CATALOGUE_PATH))}")
+
+
+@data.command("sample")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Where to write it (default: data/sample_clickstream.jsonl.gz, truth beside it).",
+)
+def data_sample(output):
+    """Write the recorded sample stream and its ground truth."""
+    from clickstream import simulator
+
+    path = Path(output or simulator.SAMPLE_PATH)
+    truth = simulator.simulate_to_file(simulator.sample_config(), path)
+    click.echo(f"wrote {path} ({truth.total:,} records) and {simulator.truth_path_for(path)}")
+
+
+@main.group()
 def course():
     """Run the course's notebooks headless (papermill)."""
 
 
-def _notebook_parameter(text: str) -> tuple[str, object]:
-    name, sep, raw = text.partition("=")
-    if not sep or not name.strip():
-        raise click.BadParameter(f"{text!r}: expected NAME=VALUE", param_hint="--parameter")
+def _notebook_value(raw: str) -> object:
     try:
-        value = json.loads(raw)  # numbers, true/false, null, quoted strings
+        return json.loads(raw)  # numbers, true/false, null, quoted strings
     except ValueError:
-        value = raw
-    return name.strip(), value
+        return raw
 
 
 @course.command("execute")
@@ -1109,21 +1409,31 @@ def _notebook_parameter(text: str) -> tuple[str, object]:
 )
 @click.option("--solutions/--no-solutions", default=True, show_default=True)
 @click.option(
-    "--bootstrap-servers", default=None, help="Run against this Kafka cluster, not the local one."
+    "--bootstrap-servers",
+    type=BOOTSTRAP_SERVERS,
+    default=None,
+    help="Run against this Kafka cluster, not the local one.",
 )
 @click.option(
     "--parameter",
     "-p",
     "parameters",
+    type=NOTEBOOK_PARAMETER,
     multiple=True,
     help="NAME=VALUE for every notebook's parameters cell, e.g. -p EVENT_RATE=100.",
 )
-@click.option("--cell-timeout", type=int, default=600, show_default=True, help="Seconds per cell.")
+@click.option(
+    "--cell-timeout",
+    type=click.IntRange(min=1),
+    default=600,
+    show_default=True,
+    help="Seconds per cell.",
+)
 def course_execute(output_dir, fast, only, solutions, bootstrap_servers, parameters, cell_timeout):
     """Execute every notebook in order, then the solutions; print a summary table."""
     from clickstream.course import execute_course
 
-    params = dict(_notebook_parameter(p) for p in parameters)
+    params = {name: _notebook_value(raw) for name, raw in parameters}
     if bootstrap_servers:
         params["BOOTSTRAP_SERVERS"] = bootstrap_servers
     result = execute_course(

@@ -29,6 +29,7 @@ import streamlit as st
 
 from clickstream import dashboard_data as dd
 from clickstream.errors import ClickstreamError
+from clickstream.redact import redact_text, redact_url
 from clickstream.serving import (
     POSTGRES_SCHEMES,
     Store,
@@ -62,14 +63,6 @@ def store_url(argv: list[str] | None = None) -> str:
     from clickstream.config import get_settings
 
     return get_settings().default_store_url
-
-
-def display_url(url: str) -> str:
-    """The URL without a password, for the page."""
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
 
 
 @dataclass
@@ -123,7 +116,8 @@ def load(
         return dd.Snapshot(status=dd.Status("version", str(exc)))
     except (StoreError, *_transient_errors()) as exc:
         connect.clear()  # reconnect on the next refresh (server restarted, file replaced)
-        return dd.Snapshot(status=dd.Status("error", f"Reading {display_url(url)} failed: {exc}"))
+        message = redact_text(f"Reading {url} failed: {exc}", url)
+        return dd.Snapshot(status=dd.Status("error", message))
     if snap.status.state == "missing":
         connect.clear()  # e.g. the file was deleted: reopen once it is back
     return snap
@@ -738,7 +732,7 @@ def render_empty(snap: dd.Snapshot, url: str) -> None:
         st.warning(s.message, icon=":material/warning:")
     else:
         st.error(s.message, icon=":material/error:")
-    st.caption(f"Reading {display_url(url)}; checking again every refresh.")
+    st.caption(f"Reading {redact_url(url)}; checking again every refresh.")
     if snap.health.has_batches:
         render_health(snap)
     if snap.quality.quarantined or snap.quality.counters:
@@ -812,6 +806,10 @@ def streamlit_command(
     ]
     if base_url_path:
         cmd += ["--server.baseUrlPath", base_url_path]
+    if redact_url(url) != url:
+        # A URL with a password goes in CLICKSTREAM_STORE only (`serve` sets it): a command
+        # line is readable by every user of the machine.
+        return cmd
     return [*cmd, "--", "--store", url]
 
 
@@ -824,7 +822,7 @@ def check_url(url: str) -> None:
         or parsed.scheme in POSTGRES_SCHEMES
     ):
         raise StoreError(
-            f"Unsupported store URL {url!r}: use sqlite:///relative.db, "
+            f"Unsupported store URL {redact_url(url)!r}: use sqlite:///relative.db, "
             "sqlite:////absolute/path.db, redis://host:port/db or postgresql://user@host:port/db "
             "(the one `clickstream stream` writes to)."
         )
@@ -860,7 +858,7 @@ def serve(
     check_port(host, port)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     echo(
-        f"Dashboard on http://{shown}:{port}{base_url_path} reading {display_url(url)} "
+        f"Dashboard on http://{shown}:{port}{base_url_path} reading {redact_url(url)} "
         "(Ctrl-C stops it)"
     )
     cmd = streamlit_command(url, port, host, base_url_path)
@@ -881,7 +879,7 @@ def serve(
 def sidebar(url: str) -> tuple[int, dd.Filters, bool, int]:
     sb = st.sidebar
     sb.header("Clickstream live")
-    sb.caption(f"Store: `{display_url(url)}`")
+    sb.caption(f"Store: `{redact_url(url)}`")
     label = sb.selectbox(
         "Time range (event time)",
         list(dd.TIME_RANGES),

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
+from clickstream.redact import redact_url
 
 DEMO_TOPIC = "clickstream_demo"
 WINDOW = "10 seconds"  # short windows: the charts move within seconds, alerts within a minute
@@ -298,7 +299,7 @@ def run_demo(
         echo("")
         echo(
             f"  ~{rate:.0f} events/s of simulated shop traffic into {DEMO_TOPIC}; the streaming "
-            f"job writes {WINDOW} windows to {paths.store_url}."
+            f"job writes {WINDOW} windows to {redact_url(paths.store_url)}."
         )
         echo(
             "  Scripted: an error incident at minute 2-3 and a traffic surge at minute 5-6 "

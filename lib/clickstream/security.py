@@ -16,7 +16,7 @@ the tools and the streaming job always connect the same way.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from clickstream.errors import ClickstreamError
@@ -47,6 +47,13 @@ class KafkaSecurity:
     check_hostname: bool = field(
         default_factory=lambda: (_env("KAFKA_SSL_CHECK_HOSTNAME") or "true").lower() != "false"
     )
+
+    def __repr__(self) -> str:
+        # Settings get printed (a notebook cell, a traceback's locals): the password never is.
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.password:
+            shown["password"] = "***"
+        return f"KafkaSecurity({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def __post_init__(self) -> None:
         problems = list(self._problems())

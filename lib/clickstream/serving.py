@@ -485,15 +485,24 @@ class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "cs"):
         import redis
 
-        self.url = url
+        from clickstream.redact import redact_text, redact_url
+
+        self.url = redact_url(url)  # for messages: the password stays in the client only
         self.prefix = prefix
         self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
         try:
             self.r.ping()
+        except redis.exceptions.AuthenticationError as exc:
+            raise StoreError(
+                f"Redis at {self.url} refused the login ({redact_text(str(exc), url)}): give "
+                "the server's password in the URL, redis://:PASSWORD@host:port/db (with "
+                "@ : / ? # in it percent-encoded)."
+            ) from None
         except redis.exceptions.ConnectionError as exc:
             raise StoreError(
-                f"Redis at {url} is not reachable ({exc}). Start it (`redis-server --port "
-                f"{urlparse(url).port or 6379}`) or use the default SQLite store."
+                f"Redis at {self.url} is not reachable ({redact_text(str(exc), url)}). Start it "
+                f"(`redis-server --port {urlparse(url).port or 6379}`) or use the default SQLite "
+                "store."
             ) from None
 
     def _k(self, *parts) -> str:
@@ -625,21 +634,20 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 def open_store(url: str | None = None, readonly: bool = False) -> Store:
     """The store at `url` (default: CLICKSTREAM_STORE, else SQLite in the state directory)."""
-    if url is None:
-        from clickstream.config import get_settings
+    from clickstream.config import check_store_url, get_settings
 
+    if url is None:
         url = get_settings().default_store_url
+    try:
+        check_store_url(url)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
     parsed = urlparse(url)
-    if parsed.scheme == "sqlite" and url.startswith("sqlite:///"):
+    if parsed.scheme == "sqlite":
         # As in SQLAlchemy: sqlite:///relative/file.db, sqlite:////absolute/file.db
         return SQLiteStore(url[len("sqlite:///") :], readonly=readonly)
     if parsed.scheme in ("redis", "rediss"):
         return RedisStore(url)
-    if parsed.scheme in POSTGRES_SCHEMES:
-        from clickstream.serving_postgres import PostgresStore
+    from clickstream.serving_postgres import PostgresStore  # the check left postgresql://
 
-        return PostgresStore(url, readonly=readonly)
-    raise StoreError(
-        f"Unsupported store URL {url!r}: use sqlite:///relative.db, sqlite:////absolute/path.db, "
-        "redis://host:port/db or postgresql://user@host:port/db."
-    )
+    return PostgresStore(url, readonly=readonly)

@@ -29,6 +29,7 @@ import re
 import sys
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from clickstream.redact import redact_text, redact_url
 from clickstream.serving import (
     HEALTH_COLUMNS,
     KEEP_BATCHES,
@@ -125,15 +126,6 @@ def split_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=urlencode(rest))), schema
 
 
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 def active_spark():
     """The Spark session running in this process, if any (never starts one)."""
     if "pyspark.sql" not in sys.modules:
@@ -162,7 +154,7 @@ class PostgresStore(Store):
                 "`make setup`)."
             ) from None
         self._psycopg = psycopg
-        self.url = safe_url(url)
+        self.url = redact_url(url)
         self.readonly = readonly
         self._conninfo, self.schema = split_url(url)
         self.spark = None
@@ -176,13 +168,16 @@ class PostgresStore(Store):
         try:
             params = psycopg.conninfo.conninfo_to_dict(self._conninfo)
         except psycopg.ProgrammingError as exc:
-            raise StoreError(f"Invalid PostgreSQL URL {self.url}: {exc}") from None
+            # libpq quotes the part it cannot parse, which may be the password.
+            reason = redact_text(str(exc), self._conninfo)
+            raise StoreError(f"Invalid PostgreSQL URL {self.url}: {reason}") from None
         params.setdefault("connect_timeout", "10")
         params.setdefault("application_name", "clickstream")
         try:
             return psycopg.connect(**params, autocommit=True)
         except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            text = redact_text(str(exc).strip(), self._conninfo)
+            reason = text.splitlines()[-1] if text else type(exc).__name__
             raise StoreError(
                 f"Cannot connect to PostgreSQL at {self.url}: {reason}. Is the server running, "
                 "and does the URL name its host, port, database and user (the database must "

@@ -4,14 +4,14 @@ Same seed and settings give byte-identical output: every random choice comes fro
 `random.Random` instances seeded from `SimConfig.seed`, and time is simulated, never read from
 the clock. Regenerate the shipped data from the repository root with:
 
-    python -m clickstream.simulator catalogue   # data/catalogue.csv
-    python -m clickstream.simulator sample      # data/sample_clickstream.jsonl.gz + .truth.json
-    python -m clickstream.simulator bench       # generation speed in events/s
+    clickstream data catalogue   # data/catalogue.csv
+    clickstream data sample      # data/sample_clickstream.jsonl.gz + .truth.json
+
+(`clickstream bench produce` reports the generation speed, beside the producers'.)
 """
 
 from __future__ import annotations
 
-import argparse
 import calendar
 import csv
 import gzip
@@ -19,8 +19,6 @@ import itertools
 import json
 import math
 import random
-import sys
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -1006,40 +1004,3 @@ def sample_config() -> SimConfig:
         duplicate_count=20,
         malformed_count=12,
     )
-
-
-def _bench(count: int, seed: int) -> str:
-    config = SimConfig(seed=seed, count=count)
-    began = time.perf_counter()
-    for _ in Simulator(config).records():
-        pass
-    elapsed = time.perf_counter() - began
-    return f"generated {count:,} events in {elapsed:.2f} s: {count / elapsed:,.0f} events/s"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m clickstream.simulator`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m clickstream.simulator", description=__doc__.splitlines()[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    catalogue = commands.add_parser("catalogue", help="regenerate data/catalogue.csv")
-    catalogue.add_argument("--output", type=Path, default=CATALOGUE_PATH)
-    sample = commands.add_parser("sample", help="regenerate the recorded sample and its truth")
-    sample.add_argument("--output", type=Path, default=SAMPLE_PATH)
-    bench = commands.add_parser("bench", help="measure generation speed")
-    bench.add_argument("--count", type=int, default=500_000)
-    bench.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
-    if args.command == "catalogue":
-        print(f"wrote {write_catalogue(args.output)}")
-    elif args.command == "sample":
-        truth = simulate_to_file(sample_config(), args.output)
-        print(f"wrote {args.output} ({truth.total:,} records) and {truth_path_for(args.output)}")
-    else:
-        print(_bench(args.count, args.seed))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

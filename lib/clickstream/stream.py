@@ -45,7 +45,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,8 @@ from clickstream import events
 from clickstream.anomaly import AnomalyDetector, DetectorConfig
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
-from clickstream.serving import Store, open_store
+from clickstream.redact import redact_text, redact_url, without_credentials
+from clickstream.serving import Store, StoreMissingError, open_store
 
 JOB = "stream"  # the windows query's batches in the store
 SESSIONS_JOB = "stream-sessions"  # the sessions query's batches
@@ -183,7 +184,7 @@ class StreamConfig:
     @classmethod
     def create(cls, settings: Settings | None = None, **options) -> StreamConfig:
         """Defaults from settings; None options keep the default. The checkpoint defaults to
-        one directory per topic and store, so two stores never share one."""
+        one directory per topic and store (whatever the login), so two stores never share one."""
         settings = settings or get_settings()
         options = {k: v for k, v in options.items() if v is not None}
         topic = options.pop("topic", settings.topic)
@@ -191,7 +192,7 @@ class StreamConfig:
         store_url = options.pop("store_url", settings.default_store_url)
         checkpoint = options.pop("checkpoint", None)
         if checkpoint is None:
-            digest = hashlib.sha1(store_url.encode()).hexdigest()[:10]
+            digest = hashlib.sha1(without_credentials(store_url).encode()).hexdigest()[:10]
             checkpoint = settings.checkpoint_root / "stream" / f"{topic}-{digest}"
         return cls(
             topic=topic,
@@ -221,12 +222,18 @@ class StreamConfig:
             duration_us(every, name)
         return Spec(window_us=window, slide_us=slide, delay_us=delay, gap_us=gap)
 
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["store_url"] = redact_url(self.store_url)
+        return f"StreamConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     def identity(self) -> dict:
-        """What a checkpoint is bound to: reusing it with other values would mix results."""
+        """What a checkpoint is bound to: reusing it with other values would mix results. The
+        store is named without its login: another password is the same store."""
         spec = self.spec()
         return {
             "topic": self.topic,
-            "store_url": self.store_url,
+            "store_url": without_credentials(self.store_url),
             "window_us": spec.window_us,
             "slide_us": spec.slide_us,
             "watermark_us": spec.delay_us,
@@ -593,7 +600,10 @@ class StreamJob:
             shutil.rmtree(self.checkpoint)
         store = self.store or open_store(self.config.store_url)
         store.reset()
-        self.echo(f"reset: deleted {self.checkpoint} and the contents of {self.config.store_url}")
+        self.echo(
+            f"reset: deleted {self.checkpoint} and the contents of "
+            f"{redact_url(self.config.store_url)}"
+        )
 
     def close(self) -> None:
         for resource in (self._producer, self._consumer):
@@ -623,6 +633,9 @@ class StreamJob:
                 saved = json.loads(meta_path.read_text())
             except ValueError:
                 saved = {}
+            if isinstance(saved.get("store_url"), str):
+                # Earlier versions saved the whole URL, password included.
+                saved["store_url"] = without_credentials(saved["store_url"])
             diffs = [
                 f"{k} {saved.get(k)!r} (now {v!r})"
                 for k, v in identity.items()
@@ -654,6 +667,7 @@ class StreamJob:
             self.echo(f"created topic {cfg.topic}; waiting for events")
         if saved_offsets:
             self._check_offsets(saved_offsets, offsets)
+        shown_store = redact_url(cfg.store_url)
         stored = self.store.last_batch(JOB)
         self._applied = stored
         s = -1 if stored is None else stored
@@ -662,17 +676,17 @@ class StreamJob:
         if not c <= s <= max(p, c):
             if s < 0:
                 problem = (
-                    f"the store {cfg.store_url} holds no results, but the checkpoint says "
+                    f"the store {shown_store} holds no results, but the checkpoint says "
                     f"batches up to {c} were written to it"
                 )
             elif p < 0:
                 problem = (
-                    f"the store {cfg.store_url} holds results up to batch {s} of an earlier run, "
+                    f"the store {shown_store} holds results up to batch {s} of an earlier run, "
                     "but the checkpoint is new"
                 )
             else:
                 problem = (
-                    f"the store {cfg.store_url} holds batches up to {s}, the checkpoint "
+                    f"the store {shown_store} holds batches up to {s}, the checkpoint "
                     f"{self.checkpoint} has committed {c}"
                 )
             raise CheckpointMismatchError(
@@ -691,7 +705,7 @@ class StreamJob:
         sc = -1 if sessions_committed is None else sessions_committed
         if ss < sc or (sc < 0 and ss >= 0 and not self.sessions_dir.exists()):
             raise CheckpointMismatchError(
-                f"The store and the checkpoint disagree: the store {cfg.store_url} holds "
+                f"The store and the checkpoint disagree: the store {shown_store} holds "
                 f"sessions up to batch {ss}, the checkpoint {self.sessions_dir} has committed "
                 f"{sc}. Continuing would count sessions twice or not at all. Start over with "
                 "`clickstream stream --reset`."
@@ -760,7 +774,11 @@ class StreamJob:
         records = max(0, (total or 0) - (before or 0))
         rows, totals = window_metric_rows(df.collect())  # aggregated rows only
         store = self.store
-        counters = {k: int(v) for k, v in store.counters().items()}
+        try:
+            counters = {k: int(v) for k, v in store.counters().items()}
+        except StoreMissingError:
+            # A new Redis store before its first write (the sessions query may write first).
+            counters = {}
         # Absolute, from the offsets: the records of every batch up to this one.
         counters["records"] = total if total is not None else counters.get("records", 0) + records
         for name in ("events", "quarantined"):
@@ -1064,7 +1082,7 @@ _DATA_LOSS = (
 
 def explain_failure(exc: BaseException, config: StreamConfig) -> ClickstreamError:
     """A failed query's exception -> one clear message (the cause, then what to do)."""
-    text = str(exc)
+    text = redact_text(str(exc), config.store_url)
     for marker in ("ClickstreamError", "StreamJobError", "StoreError", "CheckpointMismatchError"):
         if marker in text:
             # Our own error raised inside foreachBatch: show its message, not Spark's wrapping.

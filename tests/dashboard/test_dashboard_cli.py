@@ -44,7 +44,7 @@ def test_a_port_in_use_is_a_clear_error():
 
 def test_an_unsupported_store_url_is_a_clear_error():
     result = CliRunner().invoke(main, ["dashboard", "--store", "mysql://db/x"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Unsupported store URL 'mysql://db/x'" in result.output
     assert "Traceback" not in result.output
 

@@ -325,7 +325,7 @@ def test_metrics_cli_errors_are_clear(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert unknown.returncode == 1 and "Unknown metric 'visits'" in unknown.stderr
+    assert unknown.returncode == 2 and "Unknown metric 'visits'" in unknown.stderr
     assert "traffic" in unknown.stderr and "Traceback" not in unknown.stderr
     old = tmp_path / "old.db"
     open_store(f"sqlite:///{old}").close()

@@ -58,5 +58,5 @@ def test_applications_running_first_then_by_name(tmp_path, master_ui):
 
 def test_no_master_answers(tmp_path):
     assert cluster_at(tmp_path, None).master_state() is None
-    with pytest.raises(ClusterError, match="did not answer"):
+    with pytest.raises(ClusterError, match="waiting for the Spark master's web UI to answer"):
         cluster_at(tmp_path / "other", None).applications(wait_s=0)

@@ -355,7 +355,7 @@ def test_plain_jsonl_and_reader(tmp_path):
 
 
 def test_shipped_catalogue_is_the_generated_one(tmp_path):
-    assert simulator.CATALOGUE_PATH.exists(), "run: python -m clickstream.simulator catalogue"
+    assert simulator.CATALOGUE_PATH.exists(), "run: clickstream data catalogue"
     written = simulator.write_catalogue(tmp_path / "catalogue.csv")
     assert written.read_bytes() == simulator.CATALOGUE_PATH.read_bytes()
     products = simulator.load_catalogue()
@@ -368,7 +368,7 @@ def test_shipped_catalogue_is_the_generated_one(tmp_path):
 
 def test_shipped_sample_is_what_the_code_generates(sample_records):
     shipped = simulator.SAMPLE_PATH
-    assert shipped.exists(), "run: python -m clickstream.simulator sample"
+    assert shipped.exists(), "run: clickstream data sample"
     assert list(simulator.read_jsonl(shipped)) == [r.value for r in sample_records]
     truth = simulator.read_ground_truth(simulator.truth_path_for(shipped))
     assert truth == compute_ground_truth(sample_records, simulator.sample_config())
@@ -377,11 +377,19 @@ def test_shipped_sample_is_what_the_code_generates(sample_records):
     assert truth.incidents and truth.duplicates == 20 and truth.counts["malformed"] == 12
 
 
-def test_module_commands_write_files(tmp_path, capsys):
-    assert simulator.main(["catalogue", "--output", str(tmp_path / "c.csv")]) == 0
+def test_data_commands_write_the_shipped_files_again(tmp_path):
+    from click.testing import CliRunner
+
+    from clickstream.cli import main
+
+    out = CliRunner().invoke(main, ["data", "catalogue", "--output", str(tmp_path / "c.csv")])
+    assert out.exit_code == 0, out.output
     assert (tmp_path / "c.csv").read_bytes() == simulator.CATALOGUE_PATH.read_bytes()
-    assert simulator.main(["bench", "--count", "1000"]) == 0
-    assert "events/s" in capsys.readouterr().out
+    sample = tmp_path / "s.jsonl.gz"
+    out = CliRunner().invoke(main, ["data", "sample", "--output", str(sample)])
+    assert out.exit_code == 0, out.output
+    assert list(simulator.read_jsonl(sample)) == list(simulator.read_jsonl(simulator.SAMPLE_PATH))
+    assert simulator.truth_path_for(sample).exists()
 
 
 @pytest.mark.parametrize(
