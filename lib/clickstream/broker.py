@@ -32,6 +32,7 @@ from clickstream.java import (
     record_class_archive,
 )
 from clickstream.processes import GaveUp, WaitTimeout, alive, stop, wait_until
+from clickstream.processes import die_with_parent as _die_with_parent
 
 LOG4J_CONFIG = Path(__file__).with_name("broker_log4j2.properties")
 START_TIMEOUT_S = 90
@@ -164,8 +165,13 @@ class LocalBroker:
         return f"127.0.0.1:{self.port}"
 
     # -- lifecycle -------------------------------------------------------------------------
-    def up(self, port: int | None = None, echo=print) -> BrokerStatus:
-        """Start the broker unless it runs already; return once it answers metadata requests."""
+    def up(
+        self, port: int | None = None, echo=print, die_with_parent: bool = False
+    ) -> BrokerStatus:
+        """Start the broker unless it runs already; return once it answers metadata requests.
+
+        With `die_with_parent`, a broker started here stops when this process dies, however it
+        dies (the demo's; `clickstream broker up` leaves its broker running on purpose)."""
         if self.settings.is_external:
             echo(
                 f"KAFKA_BOOTSTRAP_SERVERS={self.settings.external_bootstrap}: using that "
@@ -205,7 +211,7 @@ class LocalBroker:
         if not formatted:
             self._format(jars, meta.get("cluster_id") or cluster_id(), port, controller_port)
         started = time.monotonic()
-        proc = self._start(jars)
+        proc = self._start(jars, die_with_parent)
         try:
             wait_for_broker(self.bootstrap_servers, timeout_s=START_TIMEOUT_S, process=proc)
         except BrokerNotReachable as exc:
@@ -342,7 +348,7 @@ class LocalBroker:
         meta.update(cluster_id=cid, port=port, controller_port=controller_port)
         self.meta_file.write_text(json.dumps(meta, indent=2))
 
-    def _start(self, jars) -> subprocess.Popen:
+    def _start(self, jars, die_with_parent: bool = False) -> subprocess.Popen:
         cmd = self._java_cmd(jars) + ["kafka.Kafka", str(self.properties)]
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         log.write(f"\n==== starting broker {time.strftime('%Y-%m-%dT%H:%M:%S')} ====\n".encode())
@@ -354,6 +360,7 @@ class LocalBroker:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal or notebook does not reach it
             close_fds=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
         log.close()
         self.pid_file.write_text(str(proc.pid))

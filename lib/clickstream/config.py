@@ -181,7 +181,8 @@ def _xdg(var: str, fallback: str) -> Path:
     if base and os.path.isabs(base):
         return Path(base)
     home = os.environ.get("HOME")
-    # Containers sometimes run without HOME (PITFALLS #5): fall back to a temp location.
+    # Containers sometimes run without HOME (README, Troubleshooting: "basedir must be
+    # absolute"): fall back to a temp location.
     if not home or not os.path.isabs(home):
         return Path("/tmp") / f"clickstream-{os.getuid()}" / fallback.strip("./")
     return Path(home) / fallback

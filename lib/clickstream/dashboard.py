@@ -5,10 +5,10 @@ Run it with `clickstream dashboard` (127.0.0.1:8501), or `streamlit run lib/clic
 SQLite store in the state directory.
 
 The page refreshes itself in place: the panels live in one `st.fragment(run_every=...)`, so only
-they rerun (no page reload, no flicker, no `while True` loop, PITFALLS #13); the store connection
+they rerun (no page reload, no flicker, no `while True` loop: README, Troubleshooting); the store connection
 is opened once per process (`st.cache_resource`); each refresh runs a fixed set of queries bounded
 by the chosen time range (`clickstream.dashboard_data.load_snapshot`). The dashboard never talks
-to Kafka or Spark (PITFALLS #14).
+to Kafka or Spark (a producer and a consumer inside one Streamlit app stall each other).
 """
 
 from __future__ import annotations

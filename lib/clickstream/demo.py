@@ -34,6 +34,7 @@ from pathlib import Path
 
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
+from clickstream.processes import WaitTimeout, die_with_parent, wait_until
 from clickstream.redact import redact_url
 
 DEMO_TOPIC = "clickstream_demo"
@@ -81,7 +82,8 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 class _Child:
-    """A child process in its own session: Ctrl-C reaches the demo only, which stops it in order."""
+    """A child process in its own session: Ctrl-C reaches the demo only, which stops it in
+    order. Should the demo die without stopping it (SIGKILL), it gets SIGTERM all the same."""
 
     def __init__(self, name: str, cmd: list[str], log: Path, env: dict | None = None):
         self.name, self.log = name, log
@@ -92,6 +94,7 @@ class _Child:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def check(self) -> None:
@@ -123,22 +126,45 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _wait_healthy(url: str, child: _Child, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        child.check()
+# Ctrl-C, `kill` and a closing terminal (SIGHUP) all stop the demo the same way.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Echo:
+    """`echo` that survives a closed output: `clickstream demo | tee log` loses `tee` first on
+    Ctrl-C, and the cleanup must still run to the end. Once a write fails, output goes to
+    /dev/null (so nothing fails at exit either) and the demo carries on silently."""
+
+    def __init__(self, echo):
+        self.echo, self.closed = echo, False
+
+    def __call__(self, text: str = "") -> None:
+        if self.closed:
+            return
         try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise DemoError(
-                f"the dashboard did not answer on {url} within {timeout:.0f} s; its log, "
-                f"{child.log}, ends with:\n{_tail(child.log)}"
-            )
-        time.sleep(0.5)
+            self.echo(text)
+        except (BrokenPipeError, ValueError, OSError):
+            self.closed = True
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.dup2(devnull, sys.stderr.fileno())
+
+
+def _already_stopping(signum, frame) -> None:
+    """A second Ctrl-C (or a hang-up) while stopping: the cleanup goes on to the end."""
+
+
+def _wait_healthy(url: str, child: _Child, timeout: float = 90.0) -> None:
+    def healthy() -> bool:
+        child.check()  # a dashboard that stopped by itself is reported at once
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+            return resp.status == 200
+
+    try:
+        wait_until(healthy, timeout, f"the dashboard to answer on {url}", retry_on=(OSError,))
+    except WaitTimeout as exc:
+        raise DemoError(f"{exc} Its log, {child.log}, ends with:\n{_tail(child.log)}") from None
 
 
 def _status(store_url: str) -> dict:
@@ -196,6 +222,7 @@ def run_demo(
     from clickstream.simulator import SimConfig
 
     settings = settings or get_settings()
+    echo = _Echo(echo)
     check_port("127.0.0.1", port)  # before starting anything: names the fix (--port)
     paths = DemoPaths(settings.state_dir / "demo")
     shutil.rmtree(paths.root, ignore_errors=True)
@@ -203,17 +230,17 @@ def run_demo(
 
     broker = LocalBroker(settings)
     started_broker = not settings.is_external and not broker.is_running()
-    broker.up(echo=echo)
+    broker.up(echo=echo, die_with_parent=True)  # a broker it starts goes when the demo goes
     bootstrap = settings.bootstrap_servers
     alerts_topic, quarantine_topic = f"{DEMO_TOPIC}_alerts", f"{DEMO_TOPIC}_quarantine"
     reset_topics(DEMO_TOPIC, alerts_topic, quarantine_topic, bootstrap=bootstrap)
     echo(f"Fresh topics {DEMO_TOPIC}, {alerts_topic}, {quarantine_topic} at {bootstrap}.")
 
-    # Ctrl-C and SIGTERM (`kill`, a closing terminal) both stop the demo cleanly, even when the
-    # shell that started it ignores SIGINT (background jobs inherit an ignored SIGINT).
+    # Ctrl-C, SIGTERM (`kill`) and SIGHUP (a closing terminal) all stop the demo cleanly, even
+    # when the shell that started it ignores SIGINT (background jobs inherit an ignored SIGINT).
     handlers = {}
     if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
     children: list[_Child] = []
     stop = threading.Event()
     box: dict = {}
@@ -321,6 +348,8 @@ def run_demo(
     except KeyboardInterrupt:
         echo("\nCtrl-C: stopping...")
     finally:
+        for sig in handlers:  # nothing interrupts the cleanup: it stops what the demo started
+            signal.signal(sig, _already_stopping)
         stop.set()
         if producer is not None:
             producer.join(timeout=10)

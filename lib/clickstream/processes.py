@@ -8,6 +8,8 @@ and `stop` ends a whole process tree (SIGTERM, then SIGKILL for what is left).
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -64,6 +66,17 @@ def wait_until(
         failure = error(f"Gave up after {timeout_s:g} s waiting for {what}{detail}.")
         failure.last = last  # the last error seen, for callers that word their own message
     raise failure
+
+
+def die_with_parent() -> None:
+    """For `subprocess.Popen(preexec_fn=...)`: the child gets SIGTERM when the process that
+    started it dies, even by SIGKILL (Linux's parent-death signal; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def alive(pid: int | None, marker: str | None = None) -> bool:

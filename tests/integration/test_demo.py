@@ -98,3 +98,52 @@ def test_demo_serves_the_dashboard_on_live_results_and_stops_everything(bootstra
         text=True,
     )
     assert leftover.stdout.strip() == "", "a process the demo started is still running"
+
+
+@pytest.mark.parametrize("how", ["killed"])
+def test_no_process_of_the_demo_outlives_it(how, tmp_path):
+    """`kill -9` of the demo, or its terminal closing while `tee` (its output) is already gone:
+    the broker, the streaming job (and Spark's JVM) and the dashboard it started all stop."""
+    import psutil
+
+    from clickstream.processes import alive, stop, wait_until
+
+    env = {
+        **os.environ,
+        "CLICKSTREAM_STATE_DIR": str(tmp_path / "state"),  # its own broker, started by the demo
+        "CLICKSTREAM_KAFKA_PORT": str(free_port()),
+    }
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    proc = subprocess.Popen(
+        [CLICKSTREAM, "demo", "--port", str(free_port()), "--rate", "20", "--seconds", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    lines: list[str] = []
+    tree: list[psutil.Process] = []
+    try:
+        _read_until(proc, re.compile(r"Dashboard: "), lines, 240)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        started = " ".join(" ".join(p.cmdline()) for p in tree)
+        for part in ("kafka.Kafka", "streamlit", " stream ", "org.apache.spark"):
+            assert part in started, (part, started)
+        if how == "killed":
+            proc.kill()
+        else:
+            proc.stdout.close()  # every line the demo writes from now on fails: EPIPE
+            proc.send_signal(signal.SIGHUP)
+            assert proc.wait(timeout=150) == 0  # it stopped everything, without a traceback
+
+        def gone() -> bool:
+            return not [p for p in tree if p.is_running() and alive(p.pid)]  # zombies are gone
+
+        wait_until(gone, 120, "every process the demo started to stop")
+    finally:  # whatever happened above, leave nothing behind
+        if proc.poll() is None:
+            stop(proc.pid, timeout_s=5)
+        for p in tree:
+            if p.is_running() and alive(p.pid):
+                stop(p.pid, timeout_s=5)

@@ -91,7 +91,7 @@ def test_connector_version_must_equal_pyspark():
 
 
 def test_cache_dir_is_absolute_without_home(monkeypatch):
-    """Ivy fails with 'basedir must be absolute: ?/.ivy2' when HOME is unusable (PITFALLS #5)."""
+    """Ivy fails with 'basedir must be absolute: ?/.ivy2' when HOME is unusable (README)."""
     for var in (
         "CLICKSTREAM_CACHE_DIR",
         "CLICKSTREAM_STATE_DIR",
