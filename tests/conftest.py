@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from clickstream.broker import LocalBroker, free_port
 from clickstream.config import get_settings
 from clickstream.course import end_test_session, isolate_test_session
+from clickstream.local.broker import LocalBroker, free_port
 from clickstream.processes import WaitTimeout, wait_until
 
 IN_CI = bool(os.environ.get("CI"))
@@ -63,7 +63,7 @@ def bootstrap(broker) -> str:
 @pytest.fixture
 def topic(bootstrap):
     """A fresh topic name per test (created by the test or by auto-creation)."""
-    from clickstream.kafka_io import delete_topic
+    from clickstream.ingest.kafka_io import delete_topic
 
     name = f"test_{uuid.uuid4().hex[:10]}"
     yield name
@@ -76,7 +76,7 @@ def topic(bootstrap):
 @pytest.fixture(scope="session")
 def spark(broker_settings):
     from clickstream.course import SHORT_LIVED_JIT
-    from clickstream.spark import get_spark
+    from clickstream.process.spark import get_spark
 
     # This session lives for the whole run: unlike the short-lived JVMs, it gains from the
     # optimising compiler (see clickstream.course.isolate_test_session).

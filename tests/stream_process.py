@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from clickstream.serving import StoreError, open_store
-from clickstream.stream import JOB
+from clickstream.process.stream import JOB
+from clickstream.serve.store import StoreError, open_store
 from tests.conftest import CLICKSTREAM
 
 

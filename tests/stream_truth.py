@@ -27,9 +27,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from clickstream import anomaly, events
-from clickstream.serving import differences
-from clickstream.simulator import SimConfig, Simulator, load_catalogue
+from clickstream import events
+from clickstream.process import anomaly
+from clickstream.serve.store import differences
+from clickstream.source.simulator import SimConfig, Simulator, load_catalogue
 
 US = 1_000_000
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clickstream.broker import LocalBroker, free_port
 from clickstream.config import DASHBOARD_PORT, KAFKA_VERSION, LAB_PORT, get_settings
+from clickstream.local.broker import LocalBroker, free_port
 from clickstream.processes import alive
 
 ROOT = Path(__file__).resolve().parents[1]

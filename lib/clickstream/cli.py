@@ -72,7 +72,7 @@ def _duration(minimum_s: int = 0, whole_seconds: bool = False) -> _Checked:
     """A duration as the streaming job reads it ('10 seconds', '1 minute', '90s')."""
 
     def check(text: str) -> str:
-        from clickstream.stream import duration_us
+        from clickstream.process.stream import duration_us
 
         try:
             us = duration_us(text)
@@ -108,7 +108,7 @@ def _event_time(text: str) -> str:
 def _utc_time(text: str) -> str:
     from datetime import datetime
 
-    from clickstream.serving import iso
+    from clickstream.serve.store import iso
 
     try:
         return iso(datetime.fromisoformat(text))
@@ -155,7 +155,7 @@ def _name_value(what: str):
 
 
 def _metric_name(name: str) -> str:
-    from clickstream.serving import METRICS, tables
+    from clickstream.serve.store import METRICS, tables
 
     if name != "health" and name not in tables():
         raise ValueError(
@@ -195,15 +195,13 @@ def setup():
     """Fetch and cache the Kafka broker jars, the Spark Kafka connector and the PostgreSQL JDBC
     driver, and record the classes Spark and the broker load so that they start faster (once)."""
     from clickstream import jars
-    from clickstream.java import check_java_for_spark
+    from clickstream.local.java import check_java_for_spark
 
     settings = get_settings()
     info = check_java_for_spark()
     click.echo(f"Java {info.version} ({info.executable})")
     started = time.monotonic()
-    kafka = jars.ensure_kafka_jars(settings)
-    conn = jars.ensure_connector_jars(settings)
-    jdbc = jars.ensure_jdbc_jars(settings)
+    kafka, conn, jdbc = jars.ensure_all_jars(settings)  # the three sets at the same time
     click.echo(
         f"Kafka {settings.kafka_version}: {len(kafka)} jars; Spark Kafka connector "
         f"{jars.connector_version(conn)} for PySpark {jars.pyspark_version()}: {len(conn)} jars; "
@@ -211,8 +209,8 @@ def setup():
         f"cache {settings.cache_dir} ({jars.cache_size_bytes(settings) / 1e6:.0f} MB); "
         f"{time.monotonic() - started:.1f} s."
     )
-    from clickstream.broker import build_kafka_class_archive, kafka_class_archive
-    from clickstream.spark import build_class_archive, class_archive
+    from clickstream.local.broker import build_kafka_class_archive, kafka_class_archive
+    from clickstream.process.spark import build_class_archive, class_archive
 
     # Class-data archives: Spark and the broker start from classes already parsed and verified.
     for what, path, build, seconds in (
@@ -248,11 +246,11 @@ def broker():
 def broker_up(port, brokers):
     """Start the local broker (idempotent) and wait until it answers."""
     if brokers > 1:
-        from clickstream.kafka_cluster import LocalKafkaCluster
+        from clickstream.local.kafka_cluster import LocalKafkaCluster
 
         LocalKafkaCluster(get_settings()).up(brokers, echo=click.echo)
         return
-    from clickstream.broker import LocalBroker
+    from clickstream.local.broker import LocalBroker
 
     LocalBroker(get_settings(port=port)).up(echo=click.echo)
 
@@ -261,8 +259,8 @@ def broker_up(port, brokers):
 @click.option("--purge", is_flag=True, help="Also delete the broker's data (topics, offsets).")
 def broker_down(purge):
     """Stop the local broker (or cluster); no process is left behind."""
-    from clickstream.broker import LocalBroker
-    from clickstream.kafka_cluster import LocalKafkaCluster
+    from clickstream.local.broker import LocalBroker
+    from clickstream.local.kafka_cluster import LocalKafkaCluster
 
     settings = get_settings()
     cluster = LocalKafkaCluster(settings)
@@ -273,7 +271,7 @@ def broker_down(purge):
 
 def _cluster_with_node(node: int):
     """The local multi-node cluster, if it has node `node` (else a usage error)."""
-    from clickstream.kafka_cluster import LocalKafkaCluster
+    from clickstream.local.kafka_cluster import LocalKafkaCluster
 
     cluster = LocalKafkaCluster(get_settings())
     ids = [n["node_id"] for n in cluster.nodes()]
@@ -307,8 +305,8 @@ def broker_start_node(node):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def broker_status(as_json):
     """Bootstrap address, version, process id, topics with partitions and message counts."""
-    from clickstream.broker import LocalBroker
-    from clickstream.kafka_cluster import LocalKafkaCluster
+    from clickstream.local.broker import LocalBroker
+    from clickstream.local.kafka_cluster import LocalKafkaCluster
 
     cluster = LocalKafkaCluster(get_settings())
     st = cluster.status() if cluster.meta() else LocalBroker(get_settings()).status()
@@ -355,7 +353,7 @@ def lag_command(bootstrap_servers, groups, checkpoints, as_json):
     Without --group or --checkpoint: every consumer group with committed offsets, and every
     checkpoint of `clickstream stream` (and of the demo) in the state directory.
     """
-    from clickstream import lag
+    from clickstream.process import lag
 
     settings = get_settings(external_bootstrap=bootstrap_servers)
     bootstrap = settings.bootstrap_servers
@@ -458,7 +456,7 @@ def simulate(
     output,
 ):
     """Write simulated events to FILE.jsonl[.gz] and their ground truth beside it."""
-    from clickstream.simulator import SimConfig, simulate_to_file
+    from clickstream.source.simulator import SimConfig, simulate_to_file
 
     config = SimConfig(
         seed=seed,
@@ -562,10 +560,14 @@ def produce(
     """
     from datetime import UTC, datetime
 
-    from clickstream.kafka_io import ensure_topic
-    from clickstream.producer import generated_in_background, replay_records, simulated_records
-    from clickstream.producer import produce as run
-    from clickstream.simulator import SimConfig
+    from clickstream.ingest.kafka_io import ensure_topic
+    from clickstream.source.producer import (
+        generated_in_background,
+        replay_records,
+        simulated_records,
+    )
+    from clickstream.source.producer import produce as run
+    from clickstream.source.simulator import SimConfig
 
     if rate and keep_timing:
         raise click.UsageError("--rate and --keep-timing both set the pace: choose one.")
@@ -643,7 +645,7 @@ def consume(topic, bootstrap_servers, from_beginning, max_records, timeout, raw)
     """Tail a topic, pretty-printed (Ctrl-C to stop). Invalid values are shown, marked red."""
     from kafka import KafkaConsumer
 
-    from clickstream.kafka_io import _admin, _bootstrap_errors, unreachable
+    from clickstream.ingest.kafka_io import _admin, _bootstrap_errors, unreachable
 
     settings = get_settings(topic=topic, external_bootstrap=bootstrap_servers)
     bootstrap = settings.bootstrap_servers
@@ -756,7 +758,7 @@ def bench():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_produce(count, bootstrap_servers, seed, profile, as_json):
     """Events/s of simulator + producer (kafka-python, confluent-kafka) beside Kafka's own tool."""
-    from clickstream.bench import bench_produce as run
+    from clickstream.bench.produce import bench_produce as run
 
     def echo(message: str) -> None:
         click.echo(message, err=True)
@@ -811,7 +813,7 @@ def bench_produce(count, bootstrap_servers, seed, profile, as_json):
 def bench_stream(count, master, max_offsets_per_trigger, live_seconds, live_rate, as_json):
     """Events/s of the streaming job beside a bare Spark read + parse of the same topic, and
     its produce-to-store latency live."""
-    from clickstream.bench_stream import bench_stream as run
+    from clickstream.bench.stream import bench_stream as run
 
     def echo(message: str) -> None:
         click.echo(message, err=True)
@@ -836,7 +838,7 @@ def bench_stream(count, master, max_offsets_per_trigger, live_seconds, live_rate
 
 
 # --- dashboard ---
-# `clickstream dashboard` (the Streamlit app in clickstream/dashboard.py; it reads only the
+# `clickstream dashboard` (the Streamlit app in clickstream/dashboard/app.py; it reads only the
 # serving store) and `clickstream bench dashboard` (what one refresh of it costs).
 
 
@@ -855,7 +857,7 @@ def bench_stream(count, master, max_offsets_per_trigger, live_seconds, live_rate
 @click.option("--base-url-path", default="", help="Serve under this URL path (behind a proxy).")
 def dashboard_command(store_url, port, host, base_url_path):
     """The live dashboard on http://127.0.0.1:8501, reading only the serving store."""
-    from clickstream.dashboard import serve
+    from clickstream.dashboard.app import serve
 
     serve(store_url, port=port, host=host, base_url_path=base_url_path, echo=click.echo)
 
@@ -890,9 +892,9 @@ def dashboard_command(store_url, port, host, base_url_path):
 def bench_dashboard(store_url, replace, minutes, ledger_batches, repeats, as_json):
     """Milliseconds one dashboard refresh costs at each time range, with days of per-minute
     windows in the store, beside the same refresh without rollups (measured in the same run)."""
-    from clickstream.bench_dashboard import bench_refresh
-    from clickstream.dashboard import build_figures
-    from clickstream.serving import StoreError, open_store
+    from clickstream.bench.dashboard import bench_refresh
+    from clickstream.dashboard.app import build_figures
+    from clickstream.serve.store import StoreError, open_store
 
     if store_url and not replace:
         try:
@@ -1078,7 +1080,7 @@ def stream_command(
     import signal
     import threading
 
-    from clickstream.stream import StreamConfig, StreamJob
+    from clickstream.process.stream import StreamConfig, StreamJob
 
     settings = get_settings(topic=topic, external_bootstrap=bootstrap_servers)
     config = StreamConfig.create(
@@ -1192,7 +1194,7 @@ def metrics_command(name, store_url, as_json, since, until, limit, where):
     """Print metric NAME from the serving store (NAME: traffic, segments, products,
     active_users, funnel, sessions, paths, errors, alerts, quarantine, counters, or health; a
     windowed metric's rollups too, such as traffic_5m or segments_30m)."""
-    from clickstream.serving import HEALTH_COLUMNS, METRICS, iso, metric, open_store
+    from clickstream.serve.store import HEALTH_COLUMNS, METRICS, iso, metric, open_store
 
     columns = list(metric(name).all_columns if name != "health" else HEALTH_COLUMNS)
     filters = {}
@@ -1268,7 +1270,7 @@ def metrics_command(name, store_url, as_json, since, until, limit, where):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench_anomalies(hours, rate, window, incidents, surges, seed, as_json):
     """Recall and false alerts of the anomaly detector over a long simulated stream."""
-    from clickstream.anomaly import bench as run
+    from clickstream.process.anomaly import bench as run
 
     result = run(
         hours=hours,
@@ -1310,7 +1312,7 @@ def spark_cluster():
 @click.option("--port", type=PORT, default=None, help="Master port (default 7077).")
 def spark_cluster_up(workers, cores, memory, port):
     """Start a master and N workers on 127.0.0.1 (idempotent); wait until all are alive."""
-    from clickstream.cluster import SparkCluster
+    from clickstream.local.spark_cluster import SparkCluster
 
     SparkCluster(get_settings()).up(workers, cores, memory, port, echo=click.echo)
 
@@ -1318,7 +1320,7 @@ def spark_cluster_up(workers, cores, memory, port):
 @spark_cluster.command("down")
 def spark_cluster_down():
     """Stop the workers and the master."""
-    from clickstream.cluster import SparkCluster
+    from clickstream.local.spark_cluster import SparkCluster
 
     SparkCluster(get_settings()).down(echo=click.echo)
 
@@ -1327,7 +1329,7 @@ def spark_cluster_down():
 @click.option("--json", "as_json", is_flag=True)
 def spark_cluster_status(as_json):
     """Master URL, web UI and the workers with their cores and memory."""
-    from clickstream.cluster import SparkCluster
+    from clickstream.local.spark_cluster import SparkCluster
 
     st = SparkCluster(get_settings()).status()
     if as_json:
@@ -1358,7 +1360,7 @@ def data():
 )
 def data_catalogue(output):
     """Write the product catalogue the simulator draws from."""
-    from clickstream import simulator
+    from clickstream.source import simulator
 
     click.echo(f"wrote {simulator.write_catalogue(Path(output or simulator.CATALOGUE_PATH))}")
 
@@ -1372,7 +1374,7 @@ def data_catalogue(output):
 )
 def data_sample(output):
     """Write the recorded sample stream and its ground truth."""
-    from clickstream import simulator
+    from clickstream.source import simulator
 
     path = Path(output or simulator.SAMPLE_PATH)
     truth = simulator.simulate_to_file(simulator.sample_config(), path)

@@ -275,7 +275,7 @@ def ensure_broker(
     The local broker is started if it is not running, and left running afterwards: every
     notebook shares it.
     """
-    from clickstream.broker import LocalBroker
+    from clickstream.local.broker import LocalBroker
 
     settings = get_settings(external_bootstrap=bootstrap_servers)
     LocalBroker(settings).up(echo=echo)
@@ -284,7 +284,7 @@ def ensure_broker(
 
 def reset_topics(*topics: str, bootstrap: str, partitions: int = 3) -> None:
     """Delete and recreate `topics` empty, so a rerun starts again from offset 0."""
-    from clickstream.kafka_io import delete_topic, ensure_topic, topic_offsets
+    from clickstream.ingest.kafka_io import delete_topic, ensure_topic, topic_offsets
 
     for topic in topics:
         delete_topic(topic, bootstrap)
@@ -547,7 +547,7 @@ def isolate_test_session() -> None:
     """Point CLICKSTREAM_STATE_DIR at a fresh temporary directory and the broker at a free port."""
     if os.environ.get("CLICKSTREAM_TEST_STATE_DIR"):
         return
-    from clickstream.broker import free_port
+    from clickstream.local.broker import free_port
 
     state = Path(tempfile.mkdtemp(prefix="clickstream-tests-"))
     os.environ["CLICKSTREAM_TEST_STATE_DIR"] = str(state)
@@ -573,6 +573,6 @@ def end_test_session() -> None:
         stop_background(name)
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return  # the broker is someone else's
-    from clickstream.broker import LocalBroker
+    from clickstream.local.broker import LocalBroker
 
     LocalBroker(get_settings()).down(echo=lambda message: None)

@@ -169,8 +169,8 @@ def _wait_healthy(url: str, child: _Child, timeout: float = 90.0) -> None:
 
 def _status(store_url: str) -> dict:
     """The newest figures in the store, for the status line (empty before the first batch)."""
-    from clickstream.serving import StoreError, open_store
-    from clickstream.stream import JOB
+    from clickstream.process.stream import JOB
+    from clickstream.serve.store import StoreError, open_store
 
     try:
         with open_store(store_url, readonly=True) as store:
@@ -215,11 +215,11 @@ def run_demo(
 
     Returns the last status read from the store (used by the tests).
     """
-    from clickstream.broker import LocalBroker
     from clickstream.course import reset_topics
-    from clickstream.dashboard import check_port, streamlit_command
-    from clickstream.producer import produce, simulated_records
-    from clickstream.simulator import SimConfig
+    from clickstream.dashboard.app import check_port, streamlit_command
+    from clickstream.local.broker import LocalBroker
+    from clickstream.source.producer import produce, simulated_records
+    from clickstream.source.simulator import SimConfig
 
     settings = settings or get_settings()
     echo = _Echo(echo)

@@ -69,7 +69,7 @@ def _int_answer(answer: Any, what: str) -> int:
 
 def check_message_count(answer: Any, topic: str, bootstrap: str) -> None:
     """Exercise 00.1: the number of records `topic` holds right now."""
-    from clickstream.kafka_io import message_count, topic_offsets
+    from clickstream.ingest.kafka_io import message_count, topic_offsets
 
     answer = _int_answer(answer, f"the number of records in {topic}")
     expected = message_count(topic, bootstrap)
@@ -117,7 +117,7 @@ def group_lag(group: str, topic: str, bootstrap: str) -> dict[int, int]:
     """{partition: end offset minus the group's committed offset (0 committed if none)}."""
     from kafka import KafkaAdminClient
 
-    from clickstream.kafka_io import topic_offsets
+    from clickstream.ingest.kafka_io import topic_offsets
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="clickstream-exercises")
     try:
@@ -191,7 +191,7 @@ def check_purchase_event(answer: Any) -> None:
 
 def check_distinct_events(answer: Any, config) -> None:
     """Exercise 02.2: the number of distinct valid events (each event_id once) in `config`'s output."""
-    from clickstream.simulator import Simulator, compute_ground_truth
+    from clickstream.source.simulator import Simulator, compute_ground_truth
 
     answer = _int_answer(answer, "the number of distinct events")
     truth = compute_ground_truth(Simulator(config).records(), config)
@@ -240,7 +240,7 @@ def sample_events(config, sample_size: int) -> list[dict]:
     """The valid events among the first `sample_size` records `config` generates."""
     from itertools import islice
 
-    from clickstream.simulator import Simulator
+    from clickstream.source.simulator import Simulator
 
     records = islice(Simulator(config).records(), sample_size)
     return [r.event for r in records if r.kind == "valid"]
@@ -286,7 +286,7 @@ def check_page_views_per_country(answer: Any, config, sample_size: int) -> None:
 
 
 def _valid_events(config):
-    from clickstream.simulator import Simulator
+    from clickstream.source.simulator import Simulator
 
     seen: set[str] = set()
     for record in Simulator(config).records():
@@ -337,7 +337,7 @@ def _as_utc(value: Any) -> datetime:
 
 def check_window_counts(answer: Any, config, window_s: int) -> None:
     """Exercise 03.3: {(window_start, event_type): count} in `window_s`-second tumbling windows."""
-    from clickstream.simulator import Simulator, compute_ground_truth
+    from clickstream.source.simulator import Simulator, compute_ground_truth
 
     _need(
         isinstance(answer, Mapping),

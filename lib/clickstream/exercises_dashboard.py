@@ -65,7 +65,7 @@ def render_panel(panel: Callable, snap, timeout: float = RENDER_TIMEOUT_S):
 
 def fill_known_store(url: str) -> None:
     """Write three windows of traffic and errors (peak error rate 2.5%) and no alert."""
-    from clickstream.serving import open_store
+    from clickstream.serve.store import open_store
 
     with open_store(url) as store:
         rows: dict[str, list[dict]] = {"traffic": [], "errors": []}
@@ -92,8 +92,8 @@ def fill_known_store(url: str) -> None:
 
 
 def _snapshot(url: str):
-    from clickstream import dashboard_data as dd
-    from clickstream.serving import open_store
+    from clickstream.dashboard import data as dd
+    from clickstream.serve.store import open_store
 
     with open_store(url, readonly=True) as store:
         return dd.load_snapshot(store)

@@ -91,7 +91,7 @@ def check_idempotent_writer(answer: Any) -> None:
 
 def check_store_window_counts(answer: Any, truth, event_type: str, window_s: int = 60) -> None:
     """Exercise 07.2: {window_start: count} of `event_type` as the serving store holds it."""
-    from clickstream.serving import iso
+    from clickstream.serve.store import iso
 
     _need(
         isinstance(answer, Mapping),
@@ -135,7 +135,7 @@ def check_store_window_counts(answer: Any, truth, event_type: str, window_s: int
 
 def check_conversion(answer: Any, store_url: str) -> None:
     """Exercise 08.1: purchased / viewed sessions over every window of the funnel metric."""
-    from clickstream.serving import open_store
+    from clickstream.serve.store import open_store
 
     with open_store(store_url, readonly=True) as store:
         rows = store.read("funnel")
@@ -164,7 +164,7 @@ def check_conversion(answer: Any, store_url: str) -> None:
 
 def check_newest_windows(answer: Any, store_url: str, n: int) -> None:
     """Exercise 08.2: the traffic rows of the `n` newest windows, as `read(limit=n)` gives them."""
-    from clickstream.serving import open_store
+    from clickstream.serve.store import open_store
 
     _need(isinstance(answer, list), f"expected a list of rows (dicts), got {type(answer).__name__}")
     with open_store(store_url, readonly=True) as store:
@@ -292,7 +292,7 @@ def check_checkpoint_lag(
     """Exercise 09.1: `lag_per_partition(checkpoint, topic, end_offsets) -> {partition: lag}`.
 
     Tried on example checkpoints (`write_spark_checkpoint`), then, if `checkpoint` and
-    `bootstrap` are given, on that real checkpoint against `clickstream.lag.checkpoint_lag`.
+    `bootstrap` are given, on that real checkpoint against `clickstream.process.lag.checkpoint_lag`.
     """
     _need(
         callable(answer),
@@ -328,7 +328,7 @@ def check_checkpoint_lag(
                 raise ExerciseError(_lag_hint(dict(got), batches, committed, ends, case))
     real = ""
     if checkpoint is not None and bootstrap is not None:
-        from clickstream.lag import checkpoint_lag
+        from clickstream.process.lag import checkpoint_lag
 
         rows = checkpoint_lag(checkpoint, bootstrap)
         spark_dir = Path(checkpoint)

@@ -4,7 +4,7 @@ The answer is a streaming DataFrame, not a number. A check makes sure it is one,
 plan for the operators the exercise is about (a watermark, a state store, a session window; no
 Python UDF), runs it over what the topic holds with `availableNow` in the output mode the
 exercise names, and compares the rows with ground truth computed from the simulator's records
-in plain Python, never with `clickstream.pipeline` or the streaming job. Same contract as
+in plain Python, never with `clickstream.process.pipeline` or the streaming job. Same contract as
 `clickstream.exercises`: "✓ correct", or an `ExerciseError` that says in one sentence what is
 wrong.
 """
@@ -163,7 +163,7 @@ def final_windows(event_times: Iterable[str], window_s: int, delay_s: float) -> 
 
 
 def _valid_event_times(config) -> list[str]:
-    from clickstream.simulator import Simulator
+    from clickstream.source.simulator import Simulator
 
     return [e["event_time"] for e in unique_events(Simulator(config).records())]
 

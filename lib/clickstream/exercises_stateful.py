@@ -5,7 +5,7 @@ Same contract as `clickstream.exercises`: a check prints "✓ correct" or raises
 saying what is wrong and how to get closer; notebooks run exercises through `attempt`. Every
 expected answer is computed here from the simulator's records with plain Python (sort, group,
 count), never with Spark or the streaming job, so the notebooks can also use these functions as
-the ground truth that Spark, `clickstream.pipeline` and the job are compared with.
+the ground truth that Spark, `clickstream.process.pipeline` and the job are compared with.
 """
 
 from __future__ import annotations

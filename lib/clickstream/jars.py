@@ -20,7 +20,7 @@ from xml.sax.saxutils import quoteattr
 
 from clickstream.config import SCALA_BINARY, Settings, get_settings
 from clickstream.errors import JarResolutionError
-from clickstream.java import find_java_executable
+from clickstream.local.java import find_java_executable
 
 COMPLETE_MARKER = ".complete"
 LOG4J_VERSION = "2.25.4"

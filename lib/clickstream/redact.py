@@ -5,8 +5,8 @@ A store URL may carry a password (`redis://:pw@host:6379/0`, `postgresql://user:
 the checkpoint keeps `without_credentials(url)`, and a library's error text goes through
 `redact_text(text, url)` before it is shown.
 
-(Not `secrets.py`: `streamlit run dashboard.py` puts this directory first on `sys.path`, where a
-module of that name would stand in for the standard library's `secrets`.)
+(Not `secrets.py`: a module of that name would stand in for the standard library's `secrets`
+wherever its directory comes first on `sys.path`.)
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from clickstream import dashboard_data as dd
-from clickstream.broker import free_port
-from clickstream.serving import open_store
+from clickstream.dashboard import data as dd
+from clickstream.local.broker import free_port
+from clickstream.serve.store import open_store
 from tests.browser.chromium import chromium
 from tests.conftest import CLICKSTREAM
 from tests.stream_process import kill_group, stream_command
@@ -214,9 +214,9 @@ def pause(page) -> None:
 
 @pytest.mark.timeout(1800)
 def test_dashboard_follows_the_live_pipeline(browser, dashboard_url, stream_job, bootstrap, topic):
-    from clickstream.kafka_io import ensure_topic
-    from clickstream.producer import produce, simulated_records
-    from clickstream.simulator import SimConfig
+    from clickstream.ingest.kafka_io import ensure_topic
+    from clickstream.source.producer import produce, simulated_records
+    from clickstream.source.simulator import SimConfig
 
     url, store_url = dashboard_url
     page = browser.new_page(viewport={"width": 1440, "height": 900})

@@ -37,8 +37,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from clickstream.broker import free_port
 from clickstream.course import NOTEBOOKS_DIR, course_notebooks
+from clickstream.local.broker import free_port
 from tests.browser.chromium import chromium
 
 REPO = Path(__file__).resolve().parents[2]

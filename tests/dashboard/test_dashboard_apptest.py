@@ -1,6 +1,6 @@
 """The Streamlit app over a store filled with known data, on SQLite, Redis and PostgreSQL.
 
-AppTest runs the real script (lib/clickstream/dashboard.py) in this process, fragments included;
+AppTest runs the real script (lib/clickstream/dashboard/app.py) in this process, fragments included;
 the store URL reaches it through CLICKSTREAM_STORE, as with `clickstream dashboard --store`.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from clickstream import dashboard
-from clickstream.broker import free_port
-from clickstream.serving import open_store
+from clickstream.dashboard import app as dashboard
+from clickstream.local.broker import free_port
+from clickstream.serve.store import open_store
 from tests.dashboard import known_data
 from tests.dashboard.known_data import EXPECTED
 
@@ -190,7 +190,7 @@ def test_old_version_store(store_url, monkeypatch):
     elif store_url.startswith("postgresql"):
         import psycopg
 
-        from clickstream.serving_postgres import split_url
+        from clickstream.serve.postgres import split_url
 
         conninfo, schema = split_url(store_url)
         with psycopg.connect(conninfo, autocommit=True) as conn:

@@ -7,9 +7,9 @@ import socket
 
 from click.testing import CliRunner
 
-from clickstream import dashboard as db
 from clickstream.cli import main
-from clickstream.serving import open_store
+from clickstream.dashboard import app as db
+from clickstream.serve.store import open_store
 from tests.dashboard import known_data
 
 
@@ -17,7 +17,7 @@ def test_streamlit_command_is_headless_and_reads_the_given_store():
     cmd = db.streamlit_command("sqlite:////data/serving.db", port=8600, host="0.0.0.0")
     text = " ".join(cmd)
     assert cmd[1:4] == ["-m", "streamlit", "run"]
-    assert cmd[4].endswith("clickstream/dashboard.py")
+    assert cmd[4].endswith("clickstream/dashboard/app.py")
     for pair in (
         "--server.port 8600",
         "--server.address 0.0.0.0",

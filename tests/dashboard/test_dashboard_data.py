@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from clickstream import dashboard_data as dd
-from clickstream.bench_dashboard import bench_refresh, fill
-from clickstream.serving import open_store
+from clickstream.bench.dashboard import bench_refresh, fill
+from clickstream.dashboard import data as dd
+from clickstream.serve.store import open_store
 from tests.dashboard import known_data
 from tests.dashboard.known_data import EXPECTED
 

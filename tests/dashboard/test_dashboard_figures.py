@@ -9,9 +9,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import pytest
 
-from clickstream import dashboard as db
-from clickstream import dashboard_data as dd
-from clickstream.serving import open_store
+from clickstream.dashboard import app as db
+from clickstream.dashboard import data as dd
+from clickstream.serve.store import open_store
 from tests.dashboard import known_data
 
 

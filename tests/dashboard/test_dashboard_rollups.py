@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from clickstream import dashboard_data as dd
-from clickstream.serving import iso, open_store
+from clickstream.dashboard import data as dd
+from clickstream.serve.store import iso, open_store
 
 WEEK = 7 * 1440
 END = datetime(2026, 11, 28, tzinfo=UTC)

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from clickstream.bench import Figure, ProduceBench
-from clickstream.broker import LocalBroker, free_port
+from clickstream.bench.produce import Figure, ProduceBench
 from clickstream.config import Settings
-from clickstream.kafka_io import describe_topics
+from clickstream.ingest.kafka_io import describe_topics
+from clickstream.local.broker import LocalBroker, free_port
 from tests.conftest import CLICKSTREAM
 
 pytestmark = pytest.mark.integration
@@ -103,7 +103,7 @@ def test_bench_starts_the_local_broker_when_needed_and_stops_it(tmp_path):
 def test_bench_stream_reports_the_job_beside_a_bare_read(spark, broker_settings):
     """`clickstream bench stream`'s figures, on this session's Spark and broker: every key, the
     events the job counted, a latency per live event (never a timing threshold)."""
-    from clickstream.bench_stream import bench_stream
+    from clickstream.bench.stream import bench_stream
 
     report = bench_stream(
         broker_settings, count=2000, max_offsets_per_trigger=1000, live_rate=100, live_seconds=3

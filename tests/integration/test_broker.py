@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from clickstream.broker import LocalBroker, free_port
 from clickstream.config import get_settings
 from clickstream.errors import BrokerError, JarResolutionError, PortInUseError
-from clickstream.kafka_io import ensure_topic, message_count, read_all, send_all
+from clickstream.ingest.kafka_io import ensure_topic, message_count, read_all, send_all
+from clickstream.local.broker import LocalBroker, free_port
 from clickstream.processes import alive
 from tests.conftest import CLICKSTREAM, require_tool
 
@@ -144,9 +144,9 @@ def test_cli_broker_status_shows_topics(bootstrap, topic, broker_settings):
 def test_the_broker_starts_from_the_class_archive_that_setup_recorded(broker):
     import psutil
 
-    from clickstream.broker import kafka_class_archive
     from clickstream.jars import kafka_jars_dir
-    from clickstream.java import check_java_for_kafka
+    from clickstream.local.broker import kafka_class_archive
+    from clickstream.local.java import check_java_for_kafka
     from tests.conftest import assert_loaded_from_archive, require_class_archive
 
     if broker.settings.is_external:

@@ -16,10 +16,10 @@ import urllib.request
 
 import pytest
 
-from clickstream.broker import free_port
 from clickstream.config import get_settings
-from clickstream.kafka_io import topic_offsets
-from clickstream.serving import open_store
+from clickstream.ingest.kafka_io import topic_offsets
+from clickstream.local.broker import free_port
+from clickstream.serve.store import open_store
 from tests.conftest import CLICKSTREAM
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]

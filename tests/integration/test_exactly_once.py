@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from clickstream.kafka_io import ensure_topic
-from clickstream.producer import produce
-from clickstream.rollups import rollup_differences
-from clickstream.serving import open_store
+from clickstream.ingest.kafka_io import ensure_topic
+from clickstream.serve.rollups import rollup_differences
+from clickstream.serve.store import open_store
+from clickstream.source.producer import produce
 from tests.stream_process import (
     SPARK_FIGURES,
     kill_group,

@@ -23,9 +23,9 @@ from clickstream.exercises_spark import (
     check_user_sessions,
 )
 from clickstream.exercises_stateful import _us
-from clickstream.kafka_io import delete_topic, make_producer
-from clickstream.pipeline import parse_events, read_kafka, valid_events
-from clickstream.simulator import SimConfig, Simulator
+from clickstream.ingest.kafka_io import delete_topic, make_producer
+from clickstream.process.pipeline import parse_events, read_kafka, valid_events
+from clickstream.source.simulator import SimConfig, Simulator
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 

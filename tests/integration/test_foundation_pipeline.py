@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from clickstream.kafka_io import ensure_topic, message_count
-from clickstream.pipeline import parse_events, read_kafka, valid_events, windowed_counts
-from clickstream.producer import produce, simulated_records
-from clickstream.simulator import SimConfig, Simulator, compute_ground_truth
+from clickstream.ingest.kafka_io import ensure_topic, message_count
+from clickstream.process.pipeline import parse_events, read_kafka, valid_events, windowed_counts
+from clickstream.source.producer import produce, simulated_records
+from clickstream.source.simulator import SimConfig, Simulator, compute_ground_truth
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 

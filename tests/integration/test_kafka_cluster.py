@@ -10,8 +10,8 @@ import time
 import pytest
 
 from clickstream.config import get_settings
-from clickstream.kafka_cluster import LocalKafkaCluster
-from clickstream.kafka_io import ensure_topic, make_producer, read_all
+from clickstream.ingest.kafka_io import ensure_topic, make_producer, read_all
+from clickstream.local.kafka_cluster import LocalKafkaCluster
 
 pytestmark = pytest.mark.integration
 
@@ -94,8 +94,8 @@ def test_losing_one_of_three_brokers_loses_no_acknowledged_event(kafka_cluster):
 def test_the_streaming_job_on_three_brokers_survives_losing_one(kafka_cluster, tmp_path):
     """The job reads a replicated topic while the leader of a partition is SIGKILLed: it
     carries on, and its store ends equal to the ground truth."""
-    from clickstream.producer import produce
-    from clickstream.serving import open_store
+    from clickstream.serve.store import open_store
+    from clickstream.source.producer import produce
     from tests.stream_process import (
         SPARK_FIGURES,
         kill_group,

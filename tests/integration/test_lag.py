@@ -13,9 +13,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from clickstream.kafka_io import ensure_topic, send_all
-from clickstream.lag import checkpoint_lag, committed_offsets, group_lag
-from clickstream.stream import StreamConfig, run_available_now
+from clickstream.ingest.kafka_io import ensure_topic, send_all
+from clickstream.process.lag import checkpoint_lag, committed_offsets, group_lag
+from clickstream.process.stream import StreamConfig, run_available_now
 from tests.conftest import CLICKSTREAM
 from tests.stream_truth import build_stream, stream_config
 

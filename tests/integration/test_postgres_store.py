@@ -12,9 +12,9 @@ import subprocess
 
 import pytest
 
-from clickstream import dashboard_data as dd
-from clickstream.kafka_io import ensure_topic, send_all
-from clickstream.serving import open_store
+from clickstream.dashboard import data as dd
+from clickstream.ingest.kafka_io import ensure_topic, send_all
+from clickstream.serve.store import open_store
 from tests.conftest import CLICKSTREAM
 from tests.stream_truth import Params, build_stream, diff, expected_store, store_rows, stream_config
 

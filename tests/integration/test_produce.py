@@ -14,9 +14,9 @@ from collections import Counter, defaultdict
 import pytest
 from kafka.partitioner.default import murmur2
 
-from clickstream.kafka_io import ensure_topic, message_count, read_all
-from clickstream.producer import ReplayFileError, produce, replay_file, simulated_records
-from clickstream.simulator import SAMPLE_PATH, SimConfig, Simulator
+from clickstream.ingest.kafka_io import ensure_topic, message_count, read_all
+from clickstream.source.producer import ReplayFileError, produce, replay_file, simulated_records
+from clickstream.source.simulator import SAMPLE_PATH, SimConfig, Simulator
 from tests.conftest import CLICKSTREAM
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from clickstream.broker import free_port
-from clickstream.kafka_io import ensure_topic, send_all
-from clickstream.serving import StoreError, open_store
-from clickstream.simulator import SimConfig
+from clickstream.ingest.kafka_io import ensure_topic, send_all
+from clickstream.local.broker import free_port
+from clickstream.serve.store import StoreError, open_store
+from clickstream.source.simulator import SimConfig
 from tests.conftest import CLICKSTREAM, start_redis
 from tests.stream_truth import Params, build_stream, diff, expected_store, store_rows
 

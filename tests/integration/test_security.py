@@ -10,11 +10,11 @@ from kafka.errors import KafkaError
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 
-from clickstream.broker import LocalBroker, free_port
 from clickstream.config import get_settings
 from clickstream.errors import BrokerNotReachable
-from clickstream.kafka_io import _admin, ensure_topic, read_all, send_all
-from clickstream.security import KafkaSecurity, SecurityConfigError, combined_pem
+from clickstream.ingest.kafka_io import _admin, ensure_topic, read_all, send_all
+from clickstream.ingest.security import KafkaSecurity, SecurityConfigError, combined_pem
+from clickstream.local.broker import LocalBroker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +132,7 @@ def test_sasl_over_tls(tls_broker, monkeypatch, mechanism):
 
 @pytest.mark.spark
 def test_spark_reads_over_sasl_ssl_with_the_same_settings(tls_broker, monkeypatch, spark):
-    from clickstream.pipeline import read_kafka
+    from clickstream.process.pipeline import read_kafka
 
     use(
         monkeypatch,

@@ -6,12 +6,12 @@ import subprocess
 
 import pytest
 
-from clickstream.broker import free_port
-from clickstream.cluster import SparkCluster
 from clickstream.config import get_settings
-from clickstream.kafka_io import ensure_topic, send_all
+from clickstream.ingest.kafka_io import ensure_topic, send_all
+from clickstream.local.broker import free_port
+from clickstream.local.spark_cluster import SparkCluster
 from clickstream.processes import alive
-from clickstream.serving import open_store
+from clickstream.serve.store import open_store
 from tests.stream_process import stream_command
 from tests.stream_truth import Params, build_stream, diff, expected_store, store_rows, stream_config
 

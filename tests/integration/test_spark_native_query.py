@@ -1,4 +1,4 @@
-"""The streaming job's steps from Spark's own operators (`clickstream.pipeline`): the contract
+"""The streaming job's steps from Spark's own operators (`clickstream.process.pipeline`): the contract
 checks as column expressions against `events.validate`, and records no clock could have made
 (tests/integration/test_stream_job.py checks every metric against the ground truth)."""
 
@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from clickstream import events
-from clickstream import pipeline as P
-from clickstream.kafka_io import ensure_topic, send_all
-from clickstream.simulator import SimConfig, Simulator, load_catalogue
+from clickstream.ingest.kafka_io import ensure_topic, send_all
+from clickstream.process import pipeline as P
+from clickstream.source.simulator import SimConfig, Simulator, load_catalogue
 from tests.stream_truth import Params, iso
 
 PARAMS = Params()  # 10 s windows, 30 s watermark, 30 s session gap
@@ -94,8 +94,8 @@ def test_contract_checks_in_spark_give_the_reasons_of_events_validate(spark):
 def test_no_single_record_can_stop_the_job_or_move_its_watermark(spark, bootstrap, topic, tmp_path):
     """Events dated in year 9999, decades ahead and in year 1: the job (`clickstream stream`)
     survives, quarantines them, and counts every other event; its watermark stays real."""
-    from clickstream.serving import open_store
-    from clickstream.stream import JOB, run_available_now
+    from clickstream.process.stream import JOB, run_available_now
+    from clickstream.serve.store import open_store
 
     sim = SimConfig(seed=5, count=900, rate=12.0)
     records = [(r.key, r.value) for r in Simulator(sim).records()]

@@ -10,8 +10,8 @@ from tests.conftest import assert_loaded_from_archive, require_class_archive
 @pytest.mark.integration
 @pytest.mark.spark
 def test_spark_starts_from_the_class_archive_that_setup_recorded(spark):
-    from clickstream.java import check_java_for_spark
-    from clickstream.spark import class_archive
+    from clickstream.local.java import check_java_for_spark
+    from clickstream.process.spark import class_archive
 
     java = check_java_for_spark()
     archive = class_archive(java=java)

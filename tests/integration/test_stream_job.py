@@ -14,17 +14,17 @@ from datetime import datetime
 
 import pytest
 
-from clickstream.kafka_io import delete_topic, ensure_topic, read_all, send_all
-from clickstream.rollups import rollup_differences
-from clickstream.serving import SCHEMA_VERSION, open_store
-from clickstream.simulator import SimConfig
-from clickstream.stream import (
+from clickstream.ingest.kafka_io import delete_topic, ensure_topic, read_all, send_all
+from clickstream.process.stream import (
     JOB,
     CheckpointMismatchError,
     StreamConfig,
     StreamJob,
     run_available_now,
 )
+from clickstream.serve.rollups import rollup_differences
+from clickstream.serve.store import SCHEMA_VERSION, open_store
+from clickstream.source.simulator import SimConfig
 from tests.conftest import CLICKSTREAM
 from tests.stream_truth import (
     Params,
@@ -81,7 +81,7 @@ def test_every_metric_equals_the_ground_truth(
 ):
     if store_url.startswith("postgresql://"):
         # The job writes PostgreSQL through Spark's JDBC writer, never the driver-side fallback.
-        from clickstream.serving_postgres import PostgresStore
+        from clickstream.serve.postgres import PostgresStore
 
         def no_fallback(*args):
             raise AssertionError("the streaming job staged rows without Spark's JDBC writer")
@@ -345,15 +345,15 @@ def test_metrics_cli_errors_are_clear(tmp_path):
 @pytest.mark.integration
 @pytest.mark.spark
 def test_spark_native_definitions_agree_with_the_job(spark):
-    """The DataFrame versions in clickstream.pipeline (what notebooks build) give the rows the
+    """The DataFrame versions in clickstream.process.pipeline (what notebooks build) give the rows the
     job writes (the expected store, which the job's equals: see the first test)."""
     from datetime import UTC
 
     from pyspark.sql import functions as F
 
-    from clickstream import pipeline
-    from clickstream.serving import iso
-    from clickstream.simulator import load_catalogue
+    from clickstream.process import pipeline
+    from clickstream.serve.store import iso
+    from clickstream.source.simulator import load_catalogue
 
     truth = expected_store(batched_stream(count=1500), PARAMS)
     rows = [

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from clickstream.anomaly import (
+from clickstream.process.anomaly import (
     ERROR_SPIKE,
     SURGE,
     AnomalyBenchError,

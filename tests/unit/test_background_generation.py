@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clickstream.errors import ClickstreamError
-from clickstream.producer import generated_in_background, simulated_records
-from clickstream.simulator import SimConfig
+from clickstream.source.producer import generated_in_background, simulated_records
+from clickstream.source.simulator import SimConfig
 
 
 def test_same_items_in_the_same_order_as_in_process():

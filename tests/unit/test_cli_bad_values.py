@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from clickstream import cli
 from clickstream.config import CHECKED_VARIABLES, ConfigError, get_settings
-from clickstream.serving import StoreError, open_store
+from clickstream.serve.store import StoreError, open_store
 
 
 def leaf_commands(group: click.Group = cli.main, path: tuple[str, ...] = ()):

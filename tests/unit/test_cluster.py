@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from clickstream.cluster import ClusterError, SparkCluster
 from clickstream.config import get_settings
+from clickstream.local.spark_cluster import ClusterError, SparkCluster
 
 STATE = {
     "workers": [{"id": "worker-1", "cores": 1, "memory": 768, "state": "ALIVE"}],

@@ -16,7 +16,7 @@ from clickstream.exercises import (
     check_page_views_per_country,
     sample_events,
 )
-from clickstream.simulator import SimConfig
+from clickstream.source.simulator import SimConfig
 
 CONFIG = SimConfig(seed=42, count=700, rate=20.0, malformed_count=3)
 SAMPLE = 500

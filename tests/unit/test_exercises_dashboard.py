@@ -18,7 +18,7 @@ from clickstream.exercises_dashboard import (
     fill_known_store,
     render_panel,
 )
-from clickstream.serving import open_store
+from clickstream.serve.store import open_store
 
 ALERT = {
     "alert_id": "error_spike:2026-11-28T10:01:00Z",
@@ -76,7 +76,7 @@ def test_an_untouched_exercise_is_not_attempted_yet(store_url, capsys):
 
 
 def test_render_panel_shows_what_the_page_would(store_url):
-    from clickstream import dashboard_data as dd
+    from clickstream.dashboard import data as dd
 
     with open_store(store_url, readonly=True) as store:
         snap = dd.load_snapshot(store)

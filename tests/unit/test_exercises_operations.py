@@ -1,7 +1,7 @@
 """Exercise checks of notebook 09 (`clickstream.exercises_operations`).
 
 Every check must accept the reference answer and name the usual mistakes; the example
-checkpoints must read the same with `clickstream.lag` as Spark's own; the batch plan must be
+checkpoints must read the same with `clickstream.process.lag` as Spark's own; the batch plan must be
 the one Spark 4.2 ran (numbers measured with availableNow and maxOffsetsPerTrigger).
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from clickstream import exercises_operations as ex
 from clickstream.exercises import CORRECT, ExerciseError
-from clickstream.lag import committed_offsets
+from clickstream.process.lag import committed_offsets
 
 
 def lag_from_checkpoint(checkpoint, topic, end_offsets):

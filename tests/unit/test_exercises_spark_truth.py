@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from clickstream import events
 from clickstream import exercises_spark as X
-from clickstream.simulator import SimConfig, Simulator
+from clickstream.source.simulator import SimConfig, Simulator
 
 
 def t(seconds: float) -> str:

@@ -15,7 +15,7 @@ import pytest
 from clickstream import events
 from clickstream import exercises_stateful as gt
 from clickstream.exercises import CORRECT, ExerciseError
-from clickstream.simulator import SimConfig, Simulator
+from clickstream.source.simulator import SimConfig, Simulator
 from tests.stream_truth import classify
 
 US = 1_000_000

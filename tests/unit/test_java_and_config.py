@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from clickstream import java
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ConnectorMismatchError, JavaError
-from clickstream.spark import check_connector
+from clickstream.local import java
+from clickstream.process.spark import check_connector
 
 
 def fake_java_home(tmp_path: Path, version_line: str) -> Path:
@@ -128,7 +128,7 @@ def test_local_port_follows_the_running_broker(monkeypatch, tmp_path):
 def test_free_ports_are_distinct_unbound_and_avoid_the_ones_given():
     import socket
 
-    from clickstream.broker import free_ports
+    from clickstream.local.broker import free_ports
 
     first = free_ports(1)[0]
     ports = free_ports(40, avoid=(first,))
@@ -144,8 +144,8 @@ def test_spark_class_archive_is_kept_per_java_and_pyspark(tmp_path):
     from dataclasses import replace
 
     from clickstream.jars import pyspark_version
-    from clickstream.java import JavaInfo
-    from clickstream.spark import class_archive
+    from clickstream.local.java import JavaInfo
+    from clickstream.process.spark import class_archive
 
     settings = replace(get_settings(), cache_dir=tmp_path)
     java17 = JavaInfo("/opt/jdk17/bin/java", 17, "17.0.15")
@@ -163,7 +163,7 @@ def test_a_class_archive_is_recorded_again_for_reinstalled_jars(tmp_path):
     archive of their own."""
     import os
 
-    from clickstream.java import JavaInfo, class_archive_path
+    from clickstream.local.java import JavaInfo, class_archive_path
 
     java17 = JavaInfo("/opt/jdk17/bin/java", 17, "17.0.15")
     jars = [tmp_path / "a.jar", tmp_path / "b.jar"]
@@ -182,8 +182,8 @@ def test_a_class_archive_is_recorded_again_for_reinstalled_jars(tmp_path):
 def test_kafka_class_archive_is_kept_per_java_and_kafka_version(tmp_path):
     from dataclasses import replace
 
-    from clickstream.broker import kafka_class_archive
-    from clickstream.java import JavaInfo
+    from clickstream.local.broker import kafka_class_archive
+    from clickstream.local.java import JavaInfo
 
     settings = replace(get_settings(), cache_dir=tmp_path)
     java17 = JavaInfo("/opt/jdk17/bin/java", 17, "17.0.15")

@@ -14,14 +14,14 @@ import pytest
 from click.testing import CliRunner
 
 from clickstream.cli import main
-from clickstream.producer import (
+from clickstream.source.producer import (
     ProducerBackend,
     ReplayFileError,
     produce,
     replay_file,
     replay_records,
 )
-from clickstream.simulator import SAMPLE_PATH
+from clickstream.source.simulator import SAMPLE_PATH
 
 EVENT = {
     "event_id": "e1",

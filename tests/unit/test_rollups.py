@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from clickstream.rollups import (
+from clickstream.serve.rollups import (
     SESSION_BANDS,
     grain_for,
     grains_for,
     rollup_differences,
     session_band,
 )
-from clickstream.serving import StoreError, open_store
+from clickstream.serve.store import StoreError, open_store
 
 
 def window(minute: int, length: int = 1) -> dict:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from clickstream.broker import free_port
+from clickstream.ingest.security import KafkaSecurity
+from clickstream.local.broker import free_port
+from clickstream.process.stream import StreamConfig, explain_failure
 from clickstream.redact import redact_text, redact_url, without_credentials
-from clickstream.security import KafkaSecurity
-from clickstream.serving import StoreError, open_store
-from clickstream.stream import StreamConfig, explain_failure
+from clickstream.serve.store import StoreError, open_store
 
 
 @pytest.mark.parametrize(

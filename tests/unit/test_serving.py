@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from clickstream.serving import (
+from clickstream.serve.store import (
     SCHEMA_VERSION,
     StoreError,
     StoreMissingError,
@@ -159,11 +159,11 @@ def test_store_urls():
 def test_the_ledger_keeps_the_newest_batches_and_knows_older_ones_were_applied(
     store_url, monkeypatch
 ):
-    from clickstream import serving
+    from clickstream.serve import store as serving
 
     monkeypatch.setattr(serving, "KEEP_BATCHES", 3)
     if store_url.startswith("postgresql"):
-        from clickstream import serving_postgres
+        from clickstream.serve import postgres as serving_postgres
 
         monkeypatch.setattr(serving_postgres, "KEEP_BATCHES", 3)
     with open_store(store_url) as store:

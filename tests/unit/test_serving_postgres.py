@@ -13,9 +13,9 @@ import subprocess
 import psycopg
 import pytest
 
-from clickstream.broker import free_port
-from clickstream.serving import StoreError, StoreMissingError, StoreVersionError, open_store
-from clickstream.serving_postgres import PostgresStore, split_url
+from clickstream.local.broker import free_port
+from clickstream.serve.postgres import PostgresStore, split_url
+from clickstream.serve.store import StoreError, StoreMissingError, StoreVersionError, open_store
 from tests.conftest import CLICKSTREAM
 from tests.unit.test_serving import traffic
 
@@ -75,7 +75,7 @@ def test_rows_lost_on_the_way_to_staging_fail_the_batch(postgres_store_url, monk
     real = PostgresStore._stage_with_sql
     monkeypatch.setattr(PostgresStore, "_stage_with_sql", lambda self, rows: real(self, rows[:-1]))
     # The SQL path even when an earlier test left a Spark session running in this process.
-    monkeypatch.setattr("clickstream.serving_postgres.active_spark", lambda: None)
+    monkeypatch.setattr("clickstream.serve.postgres.active_spark", lambda: None)
     with open_store(postgres_store_url) as store:
         with pytest.raises(StoreError, match="3 of its 4 rows reached the staging table"):
             store.write_batch("stream", 0, ROWS)

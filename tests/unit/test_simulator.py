@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clickstream import events, simulator
-from clickstream.simulator import (
+from clickstream import events
+from clickstream.source import simulator
+from clickstream.source.simulator import (
     GroundTruth,
     SimConfig,
     SimConfigError,

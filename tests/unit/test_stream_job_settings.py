@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clickstream.serving import open_store
-from clickstream.stream import (
+from clickstream.process.stream import (
     JOB,
     CheckpointMismatchError,
     DetectorFiles,
@@ -21,6 +20,7 @@ from clickstream.stream import (
     records_in_batch,
     records_through,
 )
+from clickstream.serve.store import open_store
 
 US = 1_000_000
 
@@ -58,7 +58,7 @@ def test_default_checkpoints_are_per_topic_and_store():
 
 
 def test_reset_deletes_only_a_checkpoint_the_job_made(tmp_path):
-    from clickstream.stream import StreamJob
+    from clickstream.process.stream import StreamJob
 
     url = f"sqlite:///{tmp_path / 'serving.db'}"
     with open_store(url) as store:
@@ -83,7 +83,7 @@ def test_reset_deletes_only_a_checkpoint_the_job_made(tmp_path):
 
 
 def test_query_failures_are_explained():
-    from clickstream.stream import explain_failure
+    from clickstream.process.stream import explain_failure
 
     config = StreamConfig.create(topic="t", store_url="sqlite:///x.db", bootstrap_servers="b:1")
     lost = Exception("[KAFKA_DATA_LOSS.START_OFFSET_RESET] Some data may have been lost ...")
@@ -94,12 +94,14 @@ def test_query_failures_are_explained():
     )
     message = str(explain_failure(timeout, config))
     assert "did not answer" in message and "b:1" in message and "--reset" not in message
-    ours = Exception("... clickstream.serving.StoreError: Redis at redis://h:1/0 is not reachable")
+    ours = Exception(
+        "... clickstream.serve.store.StoreError: Redis at redis://h:1/0 is not reachable"
+    )
     assert "Redis at redis://h:1/0 is not reachable" in str(explain_failure(ours, config))
 
 
 def test_detector_state_is_json_per_batch_and_pruned(tmp_path: Path):
-    from clickstream.anomaly import AnomalyDetector, DetectorConfig
+    from clickstream.process.anomaly import AnomalyDetector, DetectorConfig
 
     files = DetectorFiles(tmp_path / "detector")
     assert files.load(-1) == {} and files.exists(-1)

@@ -20,15 +20,15 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from clickstream.rollups import SESSION_BANDS, bucket, grain_for, iso_epoch, table_name
-from clickstream.serving import (
+from clickstream.process.stream import SESSIONS_JOB
+from clickstream.serve.rollups import SESSION_BANDS, bucket, grain_for, iso_epoch, table_name
+from clickstream.serve.store import (
     Store,
     StoreError,
     StoreMissingError,
     StoreVersionError,
     iso,
 )
-from clickstream.stream import SESSIONS_JOB
 
 # Choices offered by the dashboard's time-range control, in minutes of event time.
 TIME_RANGES: dict[str, int] = {

@@ -171,7 +171,7 @@ def machine_info(settings: Settings, kafka: str | None = None) -> dict:
     import kafka as kafka_python
     import psutil
 
-    from clickstream.java import java_info
+    from clickstream.local.java import java_info
 
     try:
         java = java_info().version
@@ -204,7 +204,7 @@ def machine_info(settings: Settings, kafka: str | None = None) -> dict:
 
 def measure_generation(config) -> tuple[Figure, float, float]:
     """(d): the simulator alone, through the same generator the producer reads."""
-    from clickstream.producer import simulated_records
+    from clickstream.source.producer import simulated_records
 
     value_bytes = key_bytes = events = 0
     started, cpu = time.perf_counter(), time.thread_time()
@@ -234,8 +234,8 @@ def measure_ours(
     backend: str, config, topic: str, bootstrap: str, profile: bool = False
 ) -> tuple[Figure, dict, list[dict]]:
     """(a)/(b): simulator + our producer with `backend`; also thread CPU times and a profile."""
-    from clickstream.kafka_io import message_count
-    from clickstream.producer import generated_in_background, make_backend, produce
+    from clickstream.ingest.kafka_io import message_count
+    from clickstream.source.producer import generated_in_background, make_backend, produce
 
     client = make_backend(backend, bootstrap)
     # CPU time, not wall time: waiting for the GIL or a core would otherwise swamp the profile.
@@ -292,7 +292,7 @@ def _top_functions(profiler: cProfile.Profile, limit: int = 15) -> list[dict]:
 
 def java_producer_props(bootstrap: str) -> dict:
     """The Java client's settings matching ours (acks, idempotence, batching, compression)."""
-    from clickstream.kafka_io import producer_config
+    from clickstream.ingest.kafka_io import producer_config
 
     ours = producer_config(bootstrap)
     return {
@@ -310,9 +310,9 @@ def measure_java(
     settings: Settings, count: int, record_size: int, topic: str, bootstrap: str
 ) -> Figure:
     """(c): org.apache.kafka.tools.ProducerPerformance from the cached broker jars."""
+    from clickstream.ingest.kafka_io import message_count
     from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
-    from clickstream.java import check_java_for_kafka
-    from clickstream.kafka_io import message_count
+    from clickstream.local.java import check_java_for_kafka
 
     java = check_java_for_kafka().executable
     ensure_kafka_jars(settings)
@@ -369,10 +369,10 @@ def bench_produce(
     echo=print,
 ) -> ProduceBench:
     """Run (d), (a), (b), (c) against one broker; start the local one if needed (then stop it)."""
-    from clickstream.broker import LocalBroker
-    from clickstream.kafka_io import delete_topic, ensure_topic
-    from clickstream.producer import BACKENDS
-    from clickstream.simulator import SimConfig
+    from clickstream.ingest.kafka_io import delete_topic, ensure_topic
+    from clickstream.local.broker import LocalBroker
+    from clickstream.source.producer import BACKENDS
+    from clickstream.source.simulator import SimConfig
 
     if count < 1:
         raise BenchError(f"--count {count}: give at least 1 event.")

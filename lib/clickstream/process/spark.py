@@ -28,7 +28,7 @@ from clickstream.jars import (
     ensure_jdbc_jars,
     pyspark_version,
 )
-from clickstream.java import (
+from clickstream.local.java import (
     JavaInfo,
     check_java_for_spark,
     class_archive_options,
@@ -94,7 +94,7 @@ def get_spark(
             raise ClickstreamError(
                 "A Spark session is already running without the Kafka connector; jars can only "
                 "be added before Spark starts. Stop it (`spark.stop()`) or restart the kernel, "
-                "then call clickstream.spark.get_spark() first."
+                "then call clickstream.process.spark.get_spark() first."
             )
         return active
     java = check_java_for_spark()
@@ -145,7 +145,7 @@ def get_spark(
             .config("spark.executor.cores", "1")
             .config("spark.pyspark.python", sys.executable)
         )
-    from clickstream.pipeline import STATE_STORE_CONF
+    from clickstream.process.pipeline import STATE_STORE_CONF
 
     for key, value in {**STATE_STORE_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
@@ -176,7 +176,7 @@ def build_class_archive(
     settings = settings or get_settings()
     return record_class_archive(
         class_archive(settings),
-        "from clickstream.spark import exercise_spark; exercise_spark()",
+        "from clickstream.process.spark import exercise_spark; exercise_spark()",
         "Spark",
         echo,
         env={"CLICKSTREAM_CACHE_DIR": str(settings.cache_dir)},
@@ -190,9 +190,9 @@ def exercise_spark() -> None:
 
     from pyspark.sql import functions as F
 
-    from clickstream.pipeline import session_metric_rows, window_metric_rows
-    from clickstream.simulator import SimConfig, Simulator
-    from clickstream.stream import StreamConfig, build_queries
+    from clickstream.process.pipeline import session_metric_rows, window_metric_rows
+    from clickstream.process.stream import StreamConfig, build_queries
+    from clickstream.source.simulator import SimConfig, Simulator
 
     spark = get_spark("clickstream-class-archive")
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,12 +16,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clickstream.broker import free_port, port_is_open
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError, PortInUseError
-from clickstream.java import check_java_for_spark, extra_java_options
+from clickstream.local.broker import free_port, port_is_open
+from clickstream.local.java import check_java_for_spark, extra_java_options
+from clickstream.process.spark import LOG4J_CONFIG
 from clickstream.processes import GaveUp, WaitTimeout, alive, stop, wait_until
-from clickstream.spark import LOG4J_CONFIG
 
 MASTER_PORT = 7077
 START_TIMEOUT_S = 90

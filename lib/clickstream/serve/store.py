@@ -3,7 +3,7 @@
 Chosen by URL: `sqlite:///path/to/serving.db` (default; embedded, no server: one writer, readers in
 other processes thanks to WAL mode), `redis://host:port/db` (a real redis-server) or
 `postgresql://user@host:port/db` (a warehouse: written through Spark's JDBC writer, see
-`clickstream.serving_postgres`).
+`clickstream.serve.postgres`).
 
 Writes are idempotent per micro-batch and key: `write_batch(job, batch_id, rows)` applies a batch
 in one transaction and records its id; a batch that was already applied (a restarted job replaying
@@ -164,14 +164,14 @@ def normalise(metric: Metric, row: Mapping) -> dict:
 
 
 def _rollups():
-    """`clickstream.rollups`, which builds on this module's names (imported when first used)."""
-    from clickstream import rollups
+    """`clickstream.serve.rollups`, which builds on this module's names (imported when first used)."""
+    from clickstream.serve import rollups
 
     return rollups
 
 
 def tables() -> dict[str, Metric]:
-    """Every table a store keeps: the metrics, then their rollups (`clickstream.rollups`)."""
+    """Every table a store keeps: the metrics, then their rollups (`clickstream.serve.rollups`)."""
     return {**METRICS, **_rollups().ROLLUP_TABLES}
 
 
@@ -648,6 +648,6 @@ def open_store(url: str | None = None, readonly: bool = False) -> Store:
         return SQLiteStore(url[len("sqlite:///") :], readonly=readonly)
     if parsed.scheme in ("redis", "rediss"):
         return RedisStore(url)
-    from clickstream.serving_postgres import PostgresStore  # the check left postgresql://
+    from clickstream.serve.postgres import PostgresStore  # the check left postgresql://
 
     return PostgresStore(url, readonly=readonly)

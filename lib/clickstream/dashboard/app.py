@@ -1,13 +1,13 @@
 """The live dashboard: a Streamlit app that reads only the serving store.
 
-Run it with `clickstream dashboard` (127.0.0.1:8501), or `streamlit run lib/clickstream/dashboard.py
+Run it with `clickstream dashboard` (127.0.0.1:8501), or `streamlit run lib/clickstream/dashboard/app.py
 -- --store URL`. The store URL comes from `--store`, else CLICKSTREAM_STORE, else the default
 SQLite store in the state directory.
 
 The page refreshes itself in place: the panels live in one `st.fragment(run_every=...)`, so only
 they rerun (no page reload, no flicker, no `while True` loop: README, Troubleshooting); the store connection
 is opened once per process (`st.cache_resource`); each refresh runs a fixed set of queries bounded
-by the chosen time range (`clickstream.dashboard_data.load_snapshot`). The dashboard never talks
+by the chosen time range (`clickstream.dashboard.data.load_snapshot`). The dashboard never talks
 to Kafka or Spark (a producer and a consumer inside one Streamlit app stall each other).
 """
 
@@ -27,10 +27,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from clickstream import dashboard_data as dd
+from clickstream.dashboard import data as dd
 from clickstream.errors import ClickstreamError
 from clickstream.redact import redact_text, redact_url
-from clickstream.serving import (
+from clickstream.serve.store import (
     POSTGRES_SCHEMES,
     Store,
     StoreError,

@@ -1,6 +1,6 @@
 """The streaming job (`clickstream stream`): Kafka -> Spark Structured Streaming -> serving store.
 
-The job is built from Spark's own operators, the functions of `clickstream.pipeline` that the
+The job is built from Spark's own operators, the functions of `clickstream.process.pipeline` that the
 notebooks build step by step; every per-event step runs on the executors, all state lives in
 Spark's state store (RocksDB), and the driver only receives aggregated rows:
 
@@ -51,11 +51,11 @@ from pathlib import Path
 from typing import Any
 
 from clickstream import events
-from clickstream.anomaly import AnomalyDetector, DetectorConfig
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
+from clickstream.process.anomaly import AnomalyDetector, DetectorConfig
 from clickstream.redact import redact_text, redact_url, without_credentials
-from clickstream.serving import Store, StoreMissingError, open_store
+from clickstream.serve.store import Store, StoreMissingError, open_store
 
 JOB = "stream"  # the windows query's batches in the store
 SESSIONS_JOB = "stream-sessions"  # the sessions query's batches
@@ -428,14 +428,14 @@ class Queries:
 def build_queries(
     spark, config: StreamConfig, categories: dict[str, str] | None = None, raw=None
 ) -> Queries:
-    """The job's queries from `clickstream.pipeline`'s steps (what notebooks 03-06 build).
+    """The job's queries from `clickstream.process.pipeline`'s steps (what notebooks 03-06 build).
 
     `raw` is the source, with Kafka's columns (value, partition, offset, timestamp); by default
     the topic `config` names."""
-    from clickstream import pipeline as P
+    from clickstream.process import pipeline as P
 
     if categories is None:
-        from clickstream.simulator import load_catalogue
+        from clickstream.source.simulator import load_catalogue
 
         categories = {p.product_id: p.category for p in load_catalogue()}
     if raw is None:
@@ -479,7 +479,7 @@ def build_queries(
 class StreamJob:
     """The streaming job. `start()` returns a handle (stop, await_termination); see also
     `run_available_now`. Pass `spark` to reuse a session (notebooks, tests), and `queries` to
-    run queries assembled by hand from `clickstream.pipeline`'s steps instead of
+    run queries assembled by hand from `clickstream.process.pipeline`'s steps instead of
     `build_queries(spark, config)` (notebook 06 does, to show they are the same job)."""
 
     def __init__(
@@ -531,7 +531,7 @@ class StreamJob:
             raise
         spark = self.spark
         if spark is None:
-            from clickstream.spark import get_spark
+            from clickstream.process.spark import get_spark
 
             self.echo("starting Spark...")
             spark = self.spark = get_spark("clickstream-stream", master=self.config.master)
@@ -621,7 +621,7 @@ class StreamJob:
     # -- checks before Spark starts ------------------------------------------------------------
     def preflight(self) -> None:
         """Refuse to run on a checkpoint that does not match the topic, settings or store."""
-        from clickstream.kafka_io import ensure_topic
+        from clickstream.ingest.kafka_io import ensure_topic
 
         cfg = self.config
         if self.store is None:
@@ -717,7 +717,7 @@ class StreamJob:
                 ensure_topic(topic, partitions=1, bootstrap=cfg.bootstrap_servers)
 
     def _topic_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
-        from clickstream.kafka_io import _bootstrap_errors, topic_offsets, unreachable
+        from clickstream.ingest.kafka_io import _bootstrap_errors, topic_offsets, unreachable
 
         try:
             return topic_offsets(topic, self.config.bootstrap_servers)
@@ -765,7 +765,7 @@ class StreamJob:
             self.summary.skipped += 1
             self.echo(f"batch {batch_id}: already in the store (replayed after a restart)")
             return
-        from clickstream.pipeline import window_metric_rows
+        from clickstream.process.pipeline import window_metric_rows
 
         info = batch_info(self.spark_dir, batch_id)
         watermark_us = info.get("watermark_ms", 0) * 1000
@@ -921,7 +921,7 @@ class StreamJob:
             return
         from pyspark.sql import functions as F
 
-        from clickstream.pipeline import session_metric_rows
+        from clickstream.process.pipeline import session_metric_rows
 
         # Paths come out one row per transition: summed per window on the executors first
         # (one pass over the batch: a session's row is its own group).
@@ -980,7 +980,7 @@ class StreamJob:
         if not cfg.alerts_topic or not alerts:
             return
         if self._producer is None:
-            from clickstream.kafka_io import make_producer
+            from clickstream.ingest.kafka_io import make_producer
 
             self._producer = make_producer(cfg.bootstrap_servers)
         failures: list[BaseException] = []

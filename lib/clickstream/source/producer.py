@@ -77,7 +77,7 @@ Item = tuple[bytes | None, bytes, float | None]  # key, value, event time (epoch
 
 def simulated_records(config, with_times: bool = True) -> Iterator[Item]:
     """(key, value, event time) from the seeded simulator; times only when `with_times`."""
-    from clickstream.simulator import Simulator
+    from clickstream.source.simulator import Simulator
 
     records = Simulator(config).records()
     if not with_times:
@@ -99,7 +99,7 @@ def _generator_main(config_json: str, with_times: str, chunk: str) -> None:
     """Child process of `generated_in_background`: pickled chunks of items on stdout."""
     import pickle
 
-    from clickstream.simulator import SimConfig
+    from clickstream.source.simulator import SimConfig
 
     out = sys.stdout.buffer
     size = int(chunk)
@@ -132,7 +132,7 @@ def generated_in_background(config, with_times: bool = False, chunk: int = 2048)
     import pickle
     import subprocess
 
-    code = "import sys; from clickstream.producer import _generator_main; _generator_main(*sys.argv[1:])"
+    code = "import sys; from clickstream.source.producer import _generator_main; _generator_main(*sys.argv[1:])"
     args = [json.dumps(config.to_dict()), "1" if with_times else "0", str(chunk)]
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -289,7 +289,7 @@ class KafkaPythonBackend(ProducerBackend):
         super().__init__()
         from kafka.partitioner.default import murmur2
 
-        from clickstream.kafka_io import make_producer, producer_config
+        from clickstream.ingest.kafka_io import make_producer, producer_config
 
         self._murmur2 = murmur2
         self.config = producer_config(bootstrap, **overrides)
@@ -374,7 +374,7 @@ class KafkaPythonBackend(ProducerBackend):
 
 def confluent_config(bootstrap: str, **overrides) -> dict:
     """confluent-kafka (librdkafka) settings equivalent to `kafka_io.producer_config`."""
-    from clickstream.kafka_io import producer_config
+    from clickstream.ingest.kafka_io import producer_config
 
     base = producer_config(bootstrap)
     config = {
@@ -418,7 +418,7 @@ class ConfluentBackend(ProducerBackend):
             # librdkafka connects lazily; ask for metadata now so a wrong address fails fast.
             self.producer.list_topics(timeout=10)
         except KafkaException:
-            from clickstream.kafka_io import unreachable
+            from clickstream.ingest.kafka_io import unreachable
 
             self.producer.close()
             raise unreachable(bootstrap) from None

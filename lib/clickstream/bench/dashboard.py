@@ -6,7 +6,7 @@ sessions and 12 page transitions per minute), their rollups, and a ledger holdin
 batches at one per second. Then, for each time range the dashboard offers:
 
 - *new batch*: a batch adds the next minute of every metric (untimed), then the refresh is
-  timed: the dashboard's own path, which reads the range's grain (`clickstream.rollups`) and
+  timed: the dashboard's own path, which reads the range's grain (`clickstream.serve.rollups`) and
   re-reads only the windows the batch touched, merging them into what it holds; with the charts
   built and serialised too;
 - *before*: the same refresh as the dashboard did it without rollups or merging: every window
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from clickstream import dashboard_data as dd
-from clickstream.bench import machine_summary
+from clickstream.bench.produce import machine_summary
+from clickstream.dashboard import data as dd
 from clickstream.redact import redact_url
-from clickstream.serving import HEALTH_COLUMNS, Store, iso, open_store
+from clickstream.serve.store import HEALTH_COLUMNS, Store, iso, open_store
 
 END = "2026-11-28T00:00:00Z"  # the filled history ends here; new batches come after it
 WEEK_OF_BATCHES = 7 * 24 * 3600  # a week of batches at one per second
@@ -41,7 +41,7 @@ class _Shape:
     """The fixed keys of a simulated minute: segments, products, pages."""
 
     def __init__(self):
-        from clickstream.simulator import COUNTRIES, load_catalogue
+        from clickstream.source.simulator import COUNTRIES, load_catalogue
 
         self.catalogue = load_catalogue()
         categories = sorted({p.category for p in self.catalogue})

@@ -30,7 +30,7 @@ import sys
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from clickstream.redact import redact_text, redact_url
-from clickstream.serving import (
+from clickstream.serve.store import (
     HEALTH_COLUMNS,
     KEEP_BATCHES,
     METRICS,
@@ -105,7 +105,7 @@ def column_type(column: str) -> str:
     except KeyError:
         raise StoreError(
             f"The PostgreSQL store has no type for column {column!r}: add it to "
-            "clickstream.serving_postgres.COLUMN_TYPES."
+            "clickstream.serve.postgres.COLUMN_TYPES."
         ) from None
 
 
@@ -355,7 +355,7 @@ class PostgresStore(Store):
             if "org.postgresql.Driver" in text or "No suitable driver" in text:
                 raise StoreError(
                     "Spark has no PostgreSQL JDBC driver: create the session with "
-                    "clickstream.spark.get_spark() before any other (jars cannot be added to a "
+                    "clickstream.process.spark.get_spark() before any other (jars cannot be added to a "
                     "running JVM), after `clickstream setup`."
                 ) from None
             first = next((line for line in text.splitlines() if line.strip()), text)
@@ -377,7 +377,7 @@ class PostgresStore(Store):
 
     def _commit(self, job, batch_id, rows, expected: int, health) -> bool:
         """Apply the staged batch in one transaction; False if it had been applied before."""
-        from clickstream.rollups import rollup_rows
+        from clickstream.serve.rollups import rollup_rows
 
         psycopg = self._psycopg
         rows = {name: list(items) for name, items in rows.items()}

@@ -14,7 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from clickstream.broker import (
+from clickstream.config import Settings, get_settings
+from clickstream.errors import BrokerError, BrokerNotReachable
+from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
+from clickstream.local.broker import (
     LOG4J_CONFIG,
     START_TIMEOUT_S,
     BrokerStatus,
@@ -25,10 +28,7 @@ from clickstream.broker import (
     read_json,
     wait_for_broker,
 )
-from clickstream.config import Settings, get_settings
-from clickstream.errors import BrokerError, BrokerNotReachable
-from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
-from clickstream.java import check_java_for_kafka, class_archive_options, extra_java_options
+from clickstream.local.java import check_java_for_kafka, class_archive_options, extra_java_options
 from clickstream.processes import GaveUp, stop, wait_until
 
 
@@ -160,7 +160,7 @@ class LocalKafkaCluster:
             {**n, "pid": self.node_pid(n["node_id"])} for n in self.nodes()
         ]
         if running and with_topics:
-            from clickstream.kafka_io import describe_topics
+            from clickstream.ingest.kafka_io import describe_topics
 
             st.topics = describe_topics(self.live_bootstrap_servers())
         return st

@@ -339,7 +339,7 @@ def window_series(
     `until` (an event_time string such as "2026-11-28T12:00:00.000Z") stops reading at the first
     genuine event at or after it, so an endless simulator can be cut at a time.
     """
-    from clickstream.simulator import GroundTruthBuilder, SimConfig
+    from clickstream.source.simulator import GroundTruthBuilder, SimConfig
 
     builder = GroundTruthBuilder(SimConfig(count=0))
     for record in records:
@@ -440,7 +440,7 @@ def bench(
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Recall and false alerts of the detector over a long seeded stream (no Spark involved)."""
-    from clickstream.simulator import SimConfig, Simulator
+    from clickstream.source.simulator import SimConfig, Simulator
 
     started = time.perf_counter()
     inc, sur = random_scenario(seed, hours, incidents, surges)

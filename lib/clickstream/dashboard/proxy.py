@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-APP = Path(__file__).with_name("dashboard.py")
+APP = Path(__file__).with_name("app.py")
 
 
 def dashboard_command(port: str = "{port}", base_url: str = "{base_url}") -> list[str]:

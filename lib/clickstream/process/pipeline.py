@@ -93,7 +93,7 @@ def windowed_counts(
 
 
 # -- the streaming job's metrics as DataFrame transformations --------------------------------
-# `clickstream.stream` computes these incrementally, with one watermark for all of them (see its
+# `clickstream.process.stream` computes these incrementally, with one watermark for all of them (see its
 # docstring for why); the functions below express the same definitions with Spark's own
 # operators, so a notebook can build each metric step by step and compare it with the job's.
 
@@ -272,7 +272,7 @@ def transitions(
 
 
 # -- the streaming job's query, step by step -------------------------------------------------
-# `clickstream stream` is assembled from these functions (see `clickstream.stream.build_query`):
+# `clickstream stream` is assembled from these functions (see `clickstream.process.stream.build_query`):
 #
 #   read_kafka -> contract_checked -> with_watermark -> unique_events -> metric_facts
 #              -> window_metrics                (one query, update mode: every windowed metric,
@@ -488,7 +488,7 @@ WATERMARK_DELAY_KEY = "spark.watermarkDelayMs"  # how Spark marks a column as ev
 
 
 def _millis(text: str) -> int:
-    from clickstream.stream import duration_us
+    from clickstream.process.stream import duration_us
 
     return duration_us(text) // 1000
 

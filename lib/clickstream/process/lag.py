@@ -40,7 +40,7 @@ class PartitionLag:
 def _end_offsets(bootstrap: str, topics: set[str]) -> dict[tuple[str, int], int]:
     from kafka import KafkaConsumer, TopicPartition
 
-    from clickstream.kafka_io import client_security
+    from clickstream.ingest.kafka_io import client_security
 
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, client_id="clickstream-lag", **client_security()
@@ -58,7 +58,7 @@ def _end_offsets(bootstrap: str, topics: set[str]) -> dict[tuple[str, int], int]
 
 def group_lag(bootstrap: str, groups: list[str] | None = None) -> list[PartitionLag]:
     """Lag of consumer groups (all groups that committed offsets, unless `groups` is given)."""
-    from clickstream.kafka_io import _admin
+    from clickstream.ingest.kafka_io import _admin
 
     admin = _admin(bootstrap)
     try:

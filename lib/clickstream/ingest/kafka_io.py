@@ -11,7 +11,7 @@ from clickstream.processes import wait_until
 
 def client_security() -> dict:
     """TLS/SASL keyword arguments for kafka-python clients (empty for PLAINTEXT)."""
-    from clickstream.security import get_security
+    from clickstream.ingest.security import get_security
 
     return get_security().kafka_python()
 

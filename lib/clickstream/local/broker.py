@@ -23,7 +23,7 @@ from pathlib import Path
 from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerError, BrokerNotReachable, PortInUseError
 from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
-from clickstream.java import (
+from clickstream.local.java import (
     JavaInfo,
     check_java_for_kafka,
     class_archive_options,
@@ -261,7 +261,7 @@ class LocalBroker:
                 log_file=str(self.log_file),
             )
         if st.running and with_topics:
-            from clickstream.kafka_io import describe_topics
+            from clickstream.ingest.kafka_io import describe_topics
 
             st.topics = describe_topics(st.bootstrap_servers)
         return st
@@ -387,7 +387,7 @@ def build_kafka_class_archive(
     with tempfile.TemporaryDirectory(prefix="clickstream-kafka-classes-") as state:
         return record_class_archive(
             kafka_class_archive(settings),
-            "from clickstream.broker import exercise_broker; exercise_broker()",
+            "from clickstream.local.broker import exercise_broker; exercise_broker()",
             "the Kafka broker",
             echo,
             env={
@@ -401,7 +401,7 @@ def build_kafka_class_archive(
 
 def exercise_broker() -> None:
     """Start the broker, create a topic, write and read a few hundred records, stop it."""
-    from clickstream.kafka_io import ensure_topic, read_all, send_all
+    from clickstream.ingest.kafka_io import ensure_topic, read_all, send_all
 
     broker = LocalBroker()
     broker.up(echo=lambda message: None)
@@ -422,7 +422,7 @@ def wait_for_broker(
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    from clickstream.kafka_io import client_security
+    from clickstream.ingest.kafka_io import client_security
 
     def answered() -> bool:
         if process is not None and process.poll() is not None:

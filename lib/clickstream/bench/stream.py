@@ -96,9 +96,9 @@ class StreamBench:
 
 
 def preload(topic: str, bootstrap: str, count: int, seed: int, echo) -> None:
-    from clickstream.kafka_io import ensure_topic
-    from clickstream.producer import generated_in_background, produce
-    from clickstream.simulator import SimConfig
+    from clickstream.ingest.kafka_io import ensure_topic
+    from clickstream.source.producer import generated_in_background, produce
+    from clickstream.source.simulator import SimConfig
 
     ensure_topic(topic, partitions=3, bootstrap=bootstrap)
     echo(f"pre-loading {count:,} simulated events into {topic}...")
@@ -109,8 +109,8 @@ def preload(topic: str, bootstrap: str, count: int, seed: int, echo) -> None:
 def _read_parse_seconds(spark, topic: str, bootstrap: str, per_batch: int, checkpoint: Path):
     from pyspark.sql import functions as F
 
-    from clickstream import pipeline as P
     from clickstream.events import spark_schema
+    from clickstream.process import pipeline as P
 
     raw = P.read_kafka(spark, topic, bootstrap, max_offsets_per_trigger=per_batch)
     parsed = raw.select(F.from_json(F.col("value").cast("string"), spark_schema()).alias("e"))
@@ -131,11 +131,11 @@ def live_latencies(
 ) -> tuple[list[float], float]:
     """Run the job continuously while producing `rate` events/s for `seconds`; return each
     event's send-to-commit latency and the rate achieved."""
-    from clickstream.kafka_io import delete_topic, ensure_topic, make_producer
-    from clickstream.producer import simulated_records
-    from clickstream.serving import open_store
-    from clickstream.simulator import SimConfig
-    from clickstream.stream import JOB, StreamConfig, StreamJob
+    from clickstream.ingest.kafka_io import delete_topic, ensure_topic, make_producer
+    from clickstream.process.stream import JOB, StreamConfig, StreamJob
+    from clickstream.serve.store import open_store
+    from clickstream.source.producer import simulated_records
+    from clickstream.source.simulator import SimConfig
 
     topic = f"bench_live_{uuid.uuid4().hex[:8]}"
     ensure_topic(topic, partitions=3, bootstrap=bootstrap)
@@ -211,11 +211,11 @@ def bench_stream(
     echo=lambda message: None,
 ) -> StreamBench:
     """Measure (a), (b) and (c) (see the module docstring)."""
-    from clickstream.bench import machine_info
-    from clickstream.broker import LocalBroker
-    from clickstream.kafka_io import delete_topic
-    from clickstream.spark import get_spark
-    from clickstream.stream import StreamConfig, StreamJob
+    from clickstream.bench.produce import machine_info
+    from clickstream.ingest.kafka_io import delete_topic
+    from clickstream.local.broker import LocalBroker
+    from clickstream.process.spark import get_spark
+    from clickstream.process.stream import StreamConfig, StreamJob
 
     bootstrap = settings.bootstrap_servers
     local = LocalBroker(settings)

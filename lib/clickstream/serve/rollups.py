@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from clickstream.serving import METRICS, Metric, iso, normalise
+from clickstream.serve.store import METRICS, Metric, iso, normalise
 
 GRAINS_MIN: tuple[int, ...] = (5, 30)  # rollup grains, in minutes, finest first
 MIN_POINTS = 250  # the dashboard reads the coarsest grain giving at least this many points

@@ -41,7 +41,7 @@ MALFORMED_KINDS = (
     events.BAD_EVENT_TIME,
 )
 SESSION_GAP_S = 30 * 60
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DATA_DIR = REPO_ROOT / "data"
 CATALOGUE_PATH = DATA_DIR / "catalogue.csv"
 SAMPLE_PATH = DATA_DIR / "sample_clickstream.jsonl.gz"

@@ -1,0 +1,6 @@
+"""Benchmarks anyone can rerun: each prints its figures, a reference measured in the same run,
+and the machine.
+
+`produce` (events per second per Kafka client, beside Kafka's own tool), `stream` (the job
+against a bare Spark read, and live latency) and `dashboard` (refresh times over a week of data).
+"""
