@@ -108,7 +108,7 @@ def _event_time(text: str) -> str:
 def _utc_time(text: str) -> str:
     from datetime import datetime
 
-    from clickstream.serve.store import iso
+    from clickstream.times import iso
 
     try:
         return iso(datetime.fromisoformat(text))
@@ -568,6 +568,7 @@ def produce(
     )
     from clickstream.source.producer import produce as run
     from clickstream.source.simulator import SimConfig
+    from clickstream.times import iso
 
     if rate and keep_timing:
         raise click.UsageError("--rate and --keep-timing both set the pace: choose one.")
@@ -581,7 +582,7 @@ def produce(
     else:
         if count is None and duration is None:
             count = 10_000
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = iso(datetime.now(UTC))
         config = SimConfig(
             seed=seed,
             count=count or 10**12,
@@ -1194,7 +1195,8 @@ def metrics_command(name, store_url, as_json, since, until, limit, where):
     """Print metric NAME from the serving store (NAME: traffic, segments, products,
     active_users, funnel, sessions, paths, errors, alerts, quarantine, counters, or health; a
     windowed metric's rollups too, such as traffic_5m or segments_30m)."""
-    from clickstream.serve.store import HEALTH_COLUMNS, METRICS, iso, metric, open_store
+    from clickstream.serve.store import HEALTH_COLUMNS, METRICS, metric, open_store
+    from clickstream.times import iso
 
     columns = list(metric(name).all_columns if name != "health" else HEALTH_COLUMNS)
     filters = {}

@@ -36,6 +36,7 @@ from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
 from clickstream.processes import WaitTimeout, die_with_parent, wait_until
 from clickstream.redact import redact_url
+from clickstream.times import iso
 
 DEMO_TOPIC = "clickstream_demo"
 WINDOW = "10 seconds"  # short windows: the charts move within seconds, alerts within a minute
@@ -291,7 +292,7 @@ def run_demo(
         config = SimConfig(
             seed=int(now.timestamp()),
             count=10**9,
-            start=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            start=iso(now),
             rate=rate,
             daily_amplitude=0.0,
             think_time_s=5.0,

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from clickstream.dashboard import data as dd
-from clickstream.serve.store import iso, open_store
+from clickstream.serve.store import open_store
+from clickstream.times import iso
 
 WEEK = 7 * 1440
 END = datetime(2026, 11, 28, tzinfo=UTC)

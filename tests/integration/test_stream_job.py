@@ -352,8 +352,8 @@ def test_spark_native_definitions_agree_with_the_job(spark):
     from pyspark.sql import functions as F
 
     from clickstream.process import pipeline
-    from clickstream.serve.store import iso
     from clickstream.source.simulator import load_catalogue
+    from clickstream.times import iso
 
     truth = expected_store(batched_stream(count=1500), PARAMS)
     rows = [

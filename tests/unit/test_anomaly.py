@@ -17,10 +17,10 @@ from clickstream.process.anomaly import (
     DetectorConfig,
     bench,
     detect,
-    iso_us,
     random_scenario,
     score,
 )
+from clickstream.times import iso_us
 from tests.conftest import CLICKSTREAM
 
 US = 1_000_000

@@ -12,9 +12,9 @@ from clickstream.serve.store import (
     StoreMissingError,
     StoreVersionError,
     differences,
-    iso,
     open_store,
 )
+from clickstream.times import iso
 
 
 def traffic(minute: int, event_type: str, count: int) -> dict:

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from clickstream.bench.produce import machine_summary
+from clickstream.bench.machine import machine_info, machine_line
 from clickstream.dashboard import data as dd
 from clickstream.redact import redact_url
-from clickstream.serve.store import HEALTH_COLUMNS, Store, iso, open_store
+from clickstream.serve.store import HEALTH_COLUMNS, Store, open_store
+from clickstream.times import iso
 
 END = "2026-11-28T00:00:00Z"  # the filled history ends here; new batches come after it
 WEEK_OF_BATCHES = 7 * 24 * 3600  # a week of batches at one per second
@@ -355,7 +356,7 @@ def bench_refresh(
                 dd.with_freshness(snap)
             idle.append((time.perf_counter() - t0) * 1000)
         result.timings_ms["no new batch (any range)"] = idle
-        result.machine = machine_summary()
+        result.machine = machine_line(machine_info())
         reader.close()
         writer.close()
         return result

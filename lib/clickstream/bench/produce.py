@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import cProfile
 import importlib.util
-import os
-import platform
 import pstats
 import re
 import subprocess
@@ -21,6 +19,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+from clickstream.bench.machine import machine_info, machine_line
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
 
@@ -113,90 +112,15 @@ class ProduceBench:
             for row in self.profile:
                 lines.append(f"  {row['own_s']:>7.3f} s {row['calls']:>9,}  {row['function']}")
         m = self.machine
-        load = m.get("load_avg_1m")
         lines += [
             "",
-            f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']:.1f} GiB RAM, {m['os']}"
-            + (f" (load average {load:.1f} at the start); " if load is not None else "; ")
-            + f"Python {m['python']}, Java {m['java']}, Kafka {m['kafka']}",
+            f"machine: {machine_line(m)}, Kafka {m['kafka']}",
             f"clients: kafka-python {m['kafka_python']} (crc32c: {m['crc32c']}), "
             f"confluent-kafka {m['confluent_kafka']}",
             "settings:",
             *(f"  {k}: {v}" for k, v in self.settings.items()),
         ]
         return "\n".join(lines)
-
-
-# --- machine ------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_summary() -> str:
-    """CPU, cores, RAM, OS, Python and the load: one line for benchmarks without Kafka."""
-    import psutil
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ""
-    if hasattr(os, "getloadavg"):  # other work on the machine inflates the timings
-        load = f", load average {os.getloadavg()[0]:.1f}"
-    return (
-        f"{_cpu_model()}, {cores} cores available, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}{load}"
-    )
-
-
-def crc32c_implementation() -> str:
-    """How kafka-python computes record-batch checksums: the C extension or pure Python."""
-    try:
-        import crc32c  # noqa: F401
-
-        return "C extension"
-    except ImportError:
-        return "pure Python (pip install crc32c to speed kafka-python up)"
-
-
-def machine_info(settings: Settings, kafka: str | None = None) -> dict:
-    """CPU, cores, RAM, OS and the versions of everything measured."""
-    import kafka as kafka_python
-    import psutil
-
-    from clickstream.local.java import java_info
-
-    try:
-        java = java_info().version
-    except ClickstreamError:
-        java = "not found"
-    try:
-        import confluent_kafka
-
-        confluent = f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
-    except ImportError:
-        confluent = "not installed"
-    return {
-        "cpu": _cpu_model(),
-        # Other processes share the cores: a busy machine lowers every figure.
-        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "cores": os.cpu_count(),
-        "ram_gib": psutil.virtual_memory().total / 2**30,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "java": java,
-        "kafka": kafka or settings.kafka_version,
-        "kafka_python": kafka_python.__version__,
-        "crc32c": crc32c_implementation(),
-        "confluent_kafka": confluent,
-    }
 
 
 # --- the measurements ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clickstream.bench.machine import machine_info, machine_line
 from clickstream.config import Settings
 from clickstream.processes import wait_until
 
@@ -88,10 +89,7 @@ class StreamBench:
                 f"p50 {d['latency_p50_s']} s, p95 {d['latency_p95_s']} s, "
                 f"p99 {d['latency_p99_s']} s ({len(self.latencies):,} events)"
             )
-        lines.append(
-            f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']:.1f} GiB RAM, {m['os']}, "
-            f"load {m['load_avg_1m']:.1f}, Python {m['python']}, Java {m['java']}"
-        )
+        lines.append(f"machine: {machine_line(m)}")
         return "\n".join(lines)
 
 
@@ -211,7 +209,6 @@ def bench_stream(
     echo=lambda message: None,
 ) -> StreamBench:
     """Measure (a), (b) and (c) (see the module docstring)."""
-    from clickstream.bench.produce import machine_info
     from clickstream.ingest.kafka_io import delete_topic
     from clickstream.local.broker import LocalBroker
     from clickstream.process.spark import get_spark

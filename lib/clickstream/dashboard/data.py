@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 
 from clickstream.process.stream import SESSIONS_JOB
-from clickstream.serve.rollups import SESSION_BANDS, bucket, grain_for, iso_epoch, table_name
+from clickstream.serve.rollups import SESSION_BANDS, bucket, grain_for, table_name
 from clickstream.serve.store import (
     Store,
     StoreError,
     StoreMissingError,
     StoreVersionError,
-    iso,
 )
+from clickstream.times import iso, parse_iso
 
 # Choices offered by the dashboard's time-range control, in minutes of event time.
 TIME_RANGES: dict[str, int] = {
@@ -63,7 +63,7 @@ def to_datetime(value) -> datetime | None:
         text = iso(value)
     except (TypeError, ValueError):
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_iso(text)
 
 
 def _frame(rows: list[dict], columns: Iterable[str], times=("window_start", "window_end")):
@@ -869,7 +869,7 @@ def changed_span(
     lo, hi = iso(min(starts)), iso(max(ends))
     if tr.grain_min:
         g = tr.grain_min
-        return iso_epoch(bucket(lo, g)), iso_epoch(bucket(hi, g) + g * 60)
+        return iso(bucket(lo, g)), iso(bucket(hi, g) + g * 60)
     return lo, iso(to_datetime(hi) + timedelta(seconds=1))
 
 

@@ -31,9 +31,10 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from clickstream.errors import ClickstreamError
+from clickstream.times import epoch_seconds, iso_us
 
 ERROR_SPIKE = "error_spike"
 SURGE = "surge"
@@ -89,11 +90,6 @@ class _Signal:
     alert: Alert | None = None
     quiet: int = 0  # consecutive normal windows while an alert is open
     last_bad_end: int = 0  # end (epoch us) of the last anomalous window of the open alert
-
-
-def iso_us(us: int) -> str:
-    """Epoch microseconds -> '2026-11-28T10:15:00Z' (seconds, UTC)."""
-    return datetime.fromtimestamp(us // _US, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class AnomalyDetector:
@@ -285,9 +281,7 @@ class Score:
 
 
 def _epoch_s(text: str | None) -> float:
-    if text is None:
-        return math.inf
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return math.inf if text is None else epoch_seconds(text)
 
 
 def score(

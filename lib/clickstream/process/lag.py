@@ -14,11 +14,11 @@ Two kinds of reader:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clickstream.config import Settings
+from clickstream.process.checkpoint import committed_offsets
 
 
 @dataclass(frozen=True)
@@ -76,40 +76,6 @@ def group_lag(bootstrap: str, groups: list[str] | None = None) -> list[Partition
             end = ends.get((tp.topic, tp.partition), 0)
             rows.append(PartitionLag(f"group {group}", tp.topic, tp.partition, offset, end))
     return rows
-
-
-def _ids(directory: Path) -> list[int]:
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
-
-def committed_offsets(checkpoint: str | Path) -> dict[str, dict[int, int]]:
-    """{topic: {partition: offset}} the last committed micro-batch of a checkpoint read up to.
-
-    Accepts the streaming job's checkpoint (with its Spark part in `spark/`) or any Spark
-    checkpoint directory. Empty if no batch has been committed yet.
-    """
-    root = Path(checkpoint)
-    spark_dir = root / "spark" if (root / "spark" / "offsets").is_dir() else root
-    commits = _ids(spark_dir / "commits")
-    if not commits:
-        return {}
-    try:
-        lines = (spark_dir / "offsets" / str(commits[-1])).read_text().splitlines()
-    except OSError:
-        return {}
-    out: dict[str, dict[int, int]] = {}
-    for line in lines[2:]:  # version line, batch metadata, then one source per line
-        try:
-            parsed = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict):
-            for topic, parts in parsed.items():
-                if isinstance(parts, dict):
-                    out[topic] = {int(p): int(o) for p, o in parts.items()}
-    return out
 
 
 def checkpoint_lag(checkpoint: str | Path, bootstrap: str) -> list[PartitionLag]:

@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 
 from clickstream import events
 from clickstream.events import spark_schema
+from clickstream.times import iso
 
 
 def read_kafka(
@@ -798,10 +799,6 @@ def session_metrics(
 
 
 # -- aggregated rows -> serving-store rows ---------------------------------------------------
-def _iso(ts) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def window_metric_rows(rows) -> tuple[dict[str, list[dict]], dict]:
     """Rows of `window_metrics` (Spark Rows or dicts) -> (store rows per metric, totals: events,
     quarantined, and `latest`, the newest event time accepted)."""
@@ -821,7 +818,7 @@ def window_metric_rows(rows) -> tuple[dict[str, list[dict]], dict]:
             if r.get("latest") is not None:
                 totals["latest"] = r["latest"]
             continue
-        bounds = {"window_start": _iso(r["window_start"]), "window_end": _iso(r["window_end"])}
+        bounds = {"window_start": iso(r["window_start"]), "window_end": iso(r["window_end"])}
         if metric == "traffic":
             out["traffic"].append({**bounds, "event_type": r["k1"], "count": r["n"]})
         elif metric == "segments":
@@ -875,8 +872,8 @@ def session_metric_rows(rows) -> tuple[list[dict], dict[tuple, int]]:
         if r["metric"] == "session":
             sessions.append(
                 {
-                    "window_start": _iso(r["window_start"]),
-                    "window_end": _iso(r["window_end"]),
+                    "window_start": iso(r["window_start"]),
+                    "window_end": iso(r["window_end"]),
                     "user_id": r["k1"],
                     "session_id": r["k2"],
                     "duration_s": r["duration_us"] / 1e6,
@@ -884,7 +881,7 @@ def session_metric_rows(rows) -> tuple[list[dict], dict[tuple, int]]:
                 }
             )
         else:
-            key = (_iso(r["window_start"]), _iso(r["window_end"]), r["k1"], r["k2"])
+            key = (iso(r["window_start"]), iso(r["window_end"]), r["k1"], r["k2"])
             paths[key] = paths.get(key, 0) + r["n"]
     return sessions, paths
 

@@ -46,7 +46,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,14 @@ from clickstream import events
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
 from clickstream.process.anomaly import AnomalyDetector, DetectorConfig
+from clickstream.process.checkpoint import (
+    batch_info,
+    checkpoint_offsets,
+    records_through,
+)
 from clickstream.redact import redact_text, redact_url, without_credentials
 from clickstream.serve.store import Store, StoreMissingError, open_store
+from clickstream.times import iso_us, parse_iso, to_us
 
 JOB = "stream"  # the windows query's batches in the store
 SESSIONS_JOB = "stream-sessions"  # the sessions query's batches
@@ -67,8 +73,6 @@ DEFAULT_MAX_OFFSETS_PER_TRIGGER = 100_000  # a backlog is read in bounded micro-
 COUNTERS = ("records", "quarantined", "late_dropped", "duplicates_removed", "events")
 
 _US = 1_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 
 
 class StreamJobError(ClickstreamError):
@@ -116,33 +120,9 @@ def duration_us(text: str, name: str = "duration") -> int:
     return round(float(match.group(1)) * unit)
 
 
-def _iso(us: int, cache: dict[int, str] | None = None) -> str:
-    """Epoch microseconds -> '2026-11-28T10:15:00Z' (whole seconds, as the store keeps them)."""
-    if cache is not None:
-        text = cache.get(us)
-        if text is not None:
-            return text
-    text = datetime.fromtimestamp(us // _US, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if cache is not None:
-        if len(cache) > 100_000:
-            cache.clear()
-        cache[us] = text
-    return text
-
-
-def to_us(dt: datetime) -> int:
-    """Aware datetime -> epoch microseconds, exactly."""
-    return (dt - _EPOCH) // _ONE_US
-
-
 def _run_only(df) -> None:
     """Run a micro-batch's DataFrame and throw its rows away (Spark's noop sink)."""
     df.write.format("noop").mode("overwrite").save()
-
-
-def _parse_iso(text: str) -> int:
-    """'2026-11-28T10:15:00Z' -> epoch microseconds."""
-    return to_us(datetime.fromisoformat(text.replace("Z", "+00:00")))
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -240,117 +220,6 @@ class StreamConfig:
             "session_gap_us": spec.gap_us,
             "state_version": STATE_VERSION,
         }
-
-
-# -- Spark's checkpoint, read before Spark starts ------------------------------------------------
-def _log_ids(directory: Path) -> list[int]:
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
-
-def checkpoint_offsets(spark_dir: Path) -> tuple[int | None, dict, int | None]:
-    """(last planned batch, its Kafka offsets {topic: {partition: offset}}, last committed)."""
-    planned = _log_ids(spark_dir / "offsets")
-    committed = _log_ids(spark_dir / "commits")
-    offsets: dict = {}
-    if planned:
-        lines = (spark_dir / "offsets" / str(planned[-1])).read_text().splitlines()
-        for line in lines[2:]:
-            try:
-                parsed = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(parsed, dict):
-                offsets.update(parsed)
-    return (planned[-1] if planned else None), offsets, (committed[-1] if committed else None)
-
-
-def batch_clock(spark_dir: Path, batch_id: int) -> datetime | None:
-    """The batch's timestamp as Spark recorded it in its offset log before running the batch,
-    so a replayed batch sees the same clock (None if the log cannot be read)."""
-    try:
-        lines = (spark_dir / "offsets" / str(batch_id)).read_text().splitlines()
-        millis = json.loads(lines[1])["batchTimestampMs"]
-    except (OSError, IndexError, ValueError, KeyError, TypeError):
-        return None
-    return datetime.fromtimestamp(millis / 1000, UTC)
-
-
-def batch_end_offsets(spark_dir: Path, batch_id: int, topic: str) -> dict[int, int] | None:
-    """The Kafka offsets batch `batch_id` reads up to (Spark plans them before running it)."""
-    try:
-        lines = (spark_dir / "offsets" / str(batch_id)).read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines[2:]:
-        try:
-            parsed = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict) and topic in parsed:
-            return {int(p): int(o) for p, o in parsed[topic].items()}
-    return None
-
-
-def batch_info(spark_dir: Path, batch_id: int) -> dict:
-    """What Spark fixed for a batch before running it, from its offset log: the watermark and
-    clock it runs with, and the Kafka offsets it reads up to ({} if the log cannot be read)."""
-    try:
-        lines = (spark_dir / "offsets" / str(batch_id)).read_text().splitlines()
-        meta = json.loads(lines[1])
-    except (OSError, IndexError, ValueError):
-        return {}
-    ends: dict = {}
-    for line in lines[2:]:
-        try:
-            parsed = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(parsed, dict):
-            ends.update(parsed)
-    return {
-        "watermark_ms": meta.get("batchWatermarkMs", 0),
-        "timestamp_ms": meta.get("batchTimestampMs"),
-        "offsets": ends,
-    }
-
-
-def initial_offsets(spark_dir: Path) -> dict:
-    """The Kafka offsets the query started from (Spark's `sources/0/0`), {} if unknown."""
-    try:
-        text = (spark_dir / "sources" / "0" / "0").read_text(errors="replace")
-    except OSError:
-        return {}
-    start = text.find("{")
-    try:
-        return json.loads(text[start:]) if start >= 0 else {}
-    except ValueError:
-        return {}
-
-
-def records_through(spark_dir: Path, batch_id: int, topic: str) -> int | None:
-    """Kafka records the query has read up to the end of batch `batch_id` (0 before the
-    first batch): its end offsets minus the offsets it started from."""
-    if batch_id < 0:
-        return 0
-    end = batch_info(spark_dir, batch_id).get("offsets", {}).get(topic)
-    if end is None:
-        return None
-    begin = initial_offsets(spark_dir).get(topic, {})
-    return sum(max(0, int(o) - int(begin.get(p, 0))) for p, o in end.items())
-
-
-def records_in_batch(spark_dir: Path, batch_id: int, topic: str) -> int | None:
-    """Kafka records batch `batch_id` read: its end offsets minus the previous batch's."""
-    end = batch_info(spark_dir, batch_id).get("offsets", {}).get(topic)
-    if end is None:
-        return None
-    if batch_id == 0:
-        begin = initial_offsets(spark_dir).get(topic, {})
-    else:
-        begin = batch_info(spark_dir, batch_id - 1).get("offsets", {}).get(topic, {})
-    return sum(max(0, int(o) - int(begin.get(p, 0))) for p, o in end.items())
 
 
 # -- the detector's state, per batch -----------------------------------------------------------
@@ -851,7 +720,7 @@ class StreamJob:
         spec = self.spec
         size, slide = spec.window_us, spec.slide_us
         first = state.get("first_window")
-        starts = [_parse_iso(r["window_start"]) for r in rows["errors"]]
+        starts = [to_us(parse_iso(r["window_start"])) for r in rows["errors"]]
         if state.get("next_detect") is None and starts:
             first = min([first, *starts] if first is not None else starts)
         state["first_window"] = first
@@ -865,7 +734,7 @@ class StreamJob:
             counts = {
                 r["window_start"]: (r["events"], r["errors"])
                 for r in self.store.read(
-                    "errors", since=_iso(next_detect), until=_iso(closed_until + slide)
+                    "errors", since=iso_us(next_detect), until=iso_us(closed_until + slide)
                 )
             }
             # This batch's rows are the newest: Spark drops late events by the previous
@@ -874,7 +743,7 @@ class StreamJob:
             counts.update({r["window_start"]: (r["events"], r["errors"]) for r in rows["errors"]})
             start = next_detect
             while start + size <= watermark_us:
-                n, e = counts.get(_iso(start), (0, 0))
+                n, e = counts.get(iso_us(start), (0, 0))
                 changes += [alert.row() for alert in detector.update(start, start + size, n, e)]
                 start += slide
             next_detect = start
@@ -904,8 +773,8 @@ class StreamJob:
             "duration_ms": round(seconds * 1000, 1),
             "input_rate": records / since_last if since_last else None,
             "processing_rate": records / seconds,
-            "max_event_time": _iso(latest) if latest else None,
-            "watermark": _iso(watermark_us) if watermark_us else None,
+            "max_event_time": iso_us(latest) if latest else None,
+            "watermark": iso_us(watermark_us) if watermark_us else None,
             "lag": self._lag(batch_id),
             "late_dropped": late,
             "duplicates_removed": duplicates,
@@ -934,7 +803,7 @@ class StreamJob:
         if path_counts:
             # Later sessions add transitions to windows that earlier ones already counted.
             since = min(k[0] for k in path_counts)
-            until = _iso(_parse_iso(max(k[0] for k in path_counts)) + _US)
+            until = iso_us(to_us(parse_iso(max(k[0] for k in path_counts))) + _US)
             stored = {
                 (r["window_start"], r["window_end"], r["from_page"], r["to_page"]): r["count"]
                 for r in store.read("paths", since=since, until=until)

@@ -38,12 +38,13 @@ from clickstream.serve.store import (
     Store,
     StoreError,
     StoreVersionError,
-    iso,
     ledger_row,
     metric,
     normalise,
+    select_sql,
     tables,
 )
+from clickstream.times import iso
 
 DEFAULT_SCHEMA = "clickstream"
 TIME, FLOAT, INT, TEXT = "timestamptz", "double precision", "bigint", "text"
@@ -478,34 +479,10 @@ class PostgresStore(Store):
     # -- reading -------------------------------------------------------------------------------
     def read(self, name, since=None, until=None, limit=None, where=None) -> list[dict]:
         m = metric(name)
-        clauses, params = [], []
-        if m.windowed and since is not None:
-            clauses.append("window_start >= %s")
-            params.append(iso(since))
-        if m.windowed and until is not None:
-            clauses.append("window_start < %s")
-            params.append(iso(until))
-        for col, value in (where or {}).items():
-            if col not in m.all_columns:
-                raise StoreError(f"{name} has no column {col!r}")
-            clauses.append(f"{_q(col)} = %s")
-            params.append(value)
-        cond = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         cols = m.all_columns
-        table = self._t(m.name)
-        sql = f"SELECT {', '.join(_q(c) for c in cols)} FROM {table}{cond}"
-        if m.windowed and limit:
-            # Every row of the newest `limit` windows: a bounded query, whatever the history.
-            newest = (
-                f"SELECT DISTINCT window_start FROM {table}{cond} "
-                f"ORDER BY window_start DESC LIMIT {int(limit)}"
-            )
-            sql += (" AND " if cond else " WHERE ") + f"window_start IN ({newest})"
-            params = params + params
-        elif limit:
-            sql += f" LIMIT {int(limit)}"
-        order = ", ".join(_q(k) for k in m.key)
-        sql = f"SELECT * FROM ({sql}) AS r ORDER BY {order}"
+        sql, params = select_sql(
+            m, self._t(m.name), ", ".join(_q(c) for c in cols), "%s", since, until, limit, where
+        )
         times = [i for i, c in enumerate(cols) if column_type(c) == TIME]
         out = []
         for values in self._query(sql, params):

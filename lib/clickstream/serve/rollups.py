@@ -26,10 +26,10 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import lru_cache
 
-from clickstream.serve.store import METRICS, Metric, iso, normalise
+from clickstream.serve.store import METRICS, Metric, normalise
+from clickstream.times import epoch_seconds, iso
 
 GRAINS_MIN: tuple[int, ...] = (5, 30)  # rollup grains, in minutes, finest first
 MIN_POINTS = 250  # the dashboard reads the coarsest grain giving at least this many points
@@ -117,17 +117,13 @@ def epoch(value) -> int:
 
 @lru_cache(maxsize=65536)  # a batch names the same few windows thousands of times
 def _epoch_of(text: str) -> int:
-    return int(datetime.fromisoformat(iso(text).replace("Z", "+00:00")).timestamp())
+    return int(epoch_seconds(text))
 
 
 def bucket(value, grain_min: int) -> int:
     """Epoch seconds of the start of the `grain_min`-minute bucket holding `value`."""
     t = epoch(value)
     return t - t % (grain_min * 60)
-
-
-def iso_epoch(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def session_band(duration_s) -> int:
@@ -173,8 +169,8 @@ def aggregate(spec: Rollup, grain_min: int, rows: Iterable[Mapping], base: bool)
         acc = out.get(key)
         if acc is None:
             acc = out[key] = {
-                "window_start": iso_epoch(start),
-                "window_end": iso_epoch(start + grain_min * 60),
+                "window_start": iso(start),
+                "window_end": iso(start + grain_min * 60),
                 **{c: src.get(c) for c in spec.group},
                 **dict.fromkeys(spec.sums, 0),
                 **dict.fromkeys(spec.maxes),
@@ -230,7 +226,7 @@ def rollup_rows(read: Reader, rows: Mapping[str, Iterable[Mapping]]) -> dict[str
                 break
             touched = sorted({bucket(r["window_start"], g) for r in fresh})
             lo, hi = touched[0], touched[-1] + g * 60
-            stored = read(source.name, since=iso_epoch(lo), until=iso_epoch(hi))
+            stored = read(source.name, since=iso(lo), until=iso(hi))
             mine = {tuple(r[k] for k in source.key) for r in fresh}
             stored = [r for r in stored if tuple(r[k] for k in source.key) not in mine] + fresh
             wanted = set(touched)

@@ -18,12 +18,12 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
 from clickstream.errors import ClickstreamError
+from clickstream.times import epoch_seconds, iso
 
 SCHEMA_VERSION = 3  # 3: rollup tables, and the windows each batch touched in its ledger row
 
@@ -137,21 +137,6 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def iso(value) -> str | None:
-    """datetime/epoch/ISO text -> '2026-11-28T10:15:00Z' (UTC, seconds, sortable)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value.endswith("Z") and len(value) == 20:
-            return value
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if isinstance(value, (int, float)):
-        value = datetime.fromtimestamp(value, tz=UTC)
-    if value.tzinfo is None:  # Spark hands back naive datetimes in the session time zone (UTC)
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def normalise(metric: Metric, row: Mapping) -> dict:
     """A row with exactly the metric's columns, times as ISO text."""
     out = {}
@@ -221,6 +206,39 @@ def differences(got: Mapping[str, list], want: Mapping[str, list], limit: int = 
             f"missing {missing[:limit]}"
         )
     return "\n".join(out)
+
+
+def select_sql(
+    m: Metric, table: str, columns: str, mark: str, since=None, until=None, limit=None, where=None
+) -> tuple[str, list]:
+    """The SELECT behind `Store.read`, for any SQL store: `table` and `columns` quoted for it,
+    `mark` its parameter placeholder ('?' or '%s'). Returns (sql, params)."""
+    clauses, params = [], []
+    if m.windowed and since is not None:
+        clauses.append(f"window_start >= {mark}")
+        params.append(iso(since))
+    if m.windowed and until is not None:
+        clauses.append(f"window_start < {mark}")
+        params.append(iso(until))
+    for col, value in (where or {}).items():
+        if col not in m.all_columns:
+            raise StoreError(f"{m.name} has no column {col!r}")
+        clauses.append(f'"{col}" = {mark}')
+        params.append(value)
+    cond = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    sql = f"SELECT {columns} FROM {table}{cond}"
+    if m.windowed and limit:
+        # Every row of the newest `limit` windows: a bounded query, whatever the history.
+        newest = (
+            f"SELECT DISTINCT window_start FROM {table}{cond} "
+            f"ORDER BY window_start DESC LIMIT {int(limit)}"
+        )
+        sql += (" AND " if cond else " WHERE ") + f"window_start IN ({newest})"
+        params = params + params
+    elif limit:
+        sql += f" LIMIT {int(limit)}"
+    order = ", ".join(f'"{k}"' for k in m.key)
+    return f"SELECT * FROM ({sql}) AS r ORDER BY {order}", params
 
 
 class Store:
@@ -421,32 +439,7 @@ class SQLiteStore(Store):
     def read(self, name, since=None, until=None, limit=None, where=None) -> list[dict]:
         m = metric(name)
         try:
-            clauses, params = [], []
-            if m.windowed and since is not None:
-                clauses.append("window_start >= ?")
-                params.append(iso(since))
-            if m.windowed and until is not None:
-                clauses.append("window_start < ?")
-                params.append(iso(until))
-            for col, value in (where or {}).items():
-                if col not in m.all_columns:
-                    raise StoreError(f"{name} has no column {col!r}")
-                clauses.append(f'"{col}" = ?')
-                params.append(value)
-            cond = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-            sql = f'SELECT * FROM "{m.name}"{cond}'
-            if m.windowed and limit:
-                # Every row of the newest `limit` windows: a bounded query, whatever the history.
-                newest = (
-                    f'SELECT DISTINCT window_start FROM "{m.name}"{cond} '
-                    f"ORDER BY window_start DESC LIMIT {int(limit)}"
-                )
-                sql += (" AND " if cond else " WHERE ") + f"window_start IN ({newest})"
-                params = params + params
-            elif limit:
-                sql += f" LIMIT {int(limit)}"
-            order = ", ".join(f'"{k}"' for k in m.key)
-            sql = f"SELECT * FROM ({sql}) ORDER BY {order}"
+            sql, params = select_sql(m, f'"{m.name}"', "*", "?", since, until, limit, where)
             return [dict(r) for r in self.conn.execute(sql, params)]
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
@@ -565,8 +558,8 @@ class RedisStore(Store):
                 field = json.dumps([row[k] for k in m.key])
                 pipe.hset(self._k("m", m.name), field, json.dumps(row))
                 if m.windowed:
-                    score = datetime.fromisoformat(row["window_start"].replace("Z", "+00:00"))
-                    pipe.zadd(self._k("idx", m.name), {field: score.timestamp()})
+                    score = epoch_seconds(row["window_start"])
+                    pipe.zadd(self._k("idx", m.name), {field: score})
         h = ledger_row(job, batch_id, rows, health)
         pipe.zadd(self._k("health", job), {json.dumps(h, default=str): float(batch_id)})
         pipe.zremrangebyrank(self._k("health", job), 0, -501)  # keep the last 500 batches
@@ -577,8 +570,8 @@ class RedisStore(Store):
         if self.schema_version() is None and not self.r.exists(self._k("m", m.name)):
             self.check_version()
         if m.windowed:
-            lo = _epoch(since) if since is not None else "-inf"
-            hi = f"({_epoch(until)}" if until is not None else "+inf"
+            lo = epoch_seconds(since) if since is not None else "-inf"
+            hi = f"({epoch_seconds(until)}" if until is not None else "+inf"
             if limit:
                 fields = self.r.zrevrangebyscore(self._k("idx", m.name), hi, lo)
                 starts = []
@@ -623,10 +616,6 @@ class RedisStore(Store):
 
     def close(self) -> None:
         self.r.close()
-
-
-def _epoch(value) -> float:
-    return datetime.fromisoformat(iso(value).replace("Z", "+00:00")).timestamp()
 
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from clickstream import events
 from clickstream.errors import ClickstreamError
+from clickstream.times import iso
 
 KINDS = ("valid", "late", "duplicate", "malformed")
 MALFORMED_KINDS = (
@@ -717,10 +718,6 @@ def _malformed(
 # --- ground truth ------------------------------------------------------------------------
 
 
-def _iso_second(second: int) -> str:
-    return f"{datetime.fromtimestamp(second, UTC):%Y-%m-%dT%H:%M:%S}Z"
-
-
 @dataclass
 class GroundTruth:
     """What a run generated: counts by kind, late and duplicate ids, reasons, per-second counts."""
@@ -778,7 +775,7 @@ class GroundTruth:
             "duplicate_event_ids": self.duplicate_event_ids,
             "malformed_by_reason": dict(sorted(self.malformed_by_reason.items())),
             "events_per_second": [
-                [_iso_second(second), event_type, on_time, late]
+                [iso(second), event_type, on_time, late]
                 for (second, event_type), (on_time, late) in sorted(self.per_second.items())
             ],
         }
