@@ -1,6 +1,6 @@
 """pytest configuration for the notebooks (run by nbval: `pytest --nbval notebooks/...`).
 
-- The same isolation as tests/conftest.py (`clickstream.course.isolate_test_session`), for
+- The same isolation as tests/conftest.py (`clickstream.course.runner.isolate_test_session`), for
   when only notebooks are collected: a temporary state directory and a free port for the
   broker, set in the environment before any kernel starts, so kernels inherit them and the
   notebooks' `LocalBroker().up()` starts this session's private broker, never a learner's.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clickstream.course import end_test_session, isolate_test_session
+from clickstream.course.runner import end_test_session, isolate_test_session
 
 SOLUTIONS = Path(__file__).resolve().parent / "solutions"
 SKIP_COMPARE = (

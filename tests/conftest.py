@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from clickstream.config import get_settings
-from clickstream.course import end_test_session, isolate_test_session
+from clickstream.course.runner import end_test_session, isolate_test_session
 from clickstream.local.broker import LocalBroker, free_port
 from clickstream.processes import WaitTimeout, wait_until
 
@@ -75,11 +75,11 @@ def topic(bootstrap):
 
 @pytest.fixture(scope="session")
 def spark(broker_settings):
-    from clickstream.course import SHORT_LIVED_JIT
+    from clickstream.course.runner import SHORT_LIVED_JIT
     from clickstream.process.spark import get_spark
 
     # This session lives for the whole run: unlike the short-lived JVMs, it gains from the
-    # optimising compiler (see clickstream.course.isolate_test_session).
+    # optimising compiler (see clickstream.course.runner.isolate_test_session).
     options = os.environ.get("CLICKSTREAM_JAVA_OPTIONS", "")
     kept = [o for o in shlex.split(options) if o != SHORT_LIVED_JIT]
     os.environ["CLICKSTREAM_JAVA_OPTIONS"] = shlex.join(kept)

@@ -25,13 +25,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from clickstream.course import (
+from clickstream.course.notebook import running_background
+from clickstream.course.runner import (
     CourseRun,
     NotebookRun,
     course_notebooks,
     execute_course,
     notebook_parameters,
-    running_background,
 )
 
 
@@ -140,7 +140,7 @@ def test_run_shown_stops_the_command_when_the_cell_is_interrupted(tmp_path):
 
 def test_a_background_process_is_recorded_replaced_and_stopped(tmp_path):
     from clickstream.config import Settings
-    from clickstream.course import running_background, start_background, stop_background
+    from clickstream.course.notebook import running_background, start_background, stop_background
 
     settings = Settings(state_dir=tmp_path)
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -156,7 +156,7 @@ def test_a_background_process_is_recorded_replaced_and_stopped(tmp_path):
 
 def test_a_record_whose_pid_now_belongs_to_another_process_is_left_alone(tmp_path):
     from clickstream.config import Settings
-    from clickstream.course import running_background, stop_background
+    from clickstream.course.notebook import running_background, stop_background
 
     settings = Settings(state_dir=tmp_path)
     folder = tmp_path / "course" / "background"
@@ -169,7 +169,7 @@ def test_a_record_whose_pid_now_belongs_to_another_process_is_left_alone(tmp_pat
 
 
 def test_headless_runs_set_the_parameters_a_notebook_declares(tmp_path):
-    from clickstream.course import headless_parameters, notebook_parameters
+    from clickstream.course.runner import headless_parameters, notebook_parameters
 
     def notebook(source: str) -> Path:
         import nbformat

@@ -1435,7 +1435,7 @@ def _notebook_value(raw: str) -> object:
 )
 def course_execute(output_dir, fast, only, solutions, bootstrap_servers, parameters, cell_timeout):
     """Execute every notebook in order, then the solutions; print a summary table."""
-    from clickstream.course import execute_course
+    from clickstream.course.runner import execute_course
 
     params = {name: _notebook_value(raw) for name, raw in parameters}
     if bootstrap_servers:

@@ -37,7 +37,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from clickstream.course import NOTEBOOKS_DIR, course_notebooks
+from clickstream.course.runner import NOTEBOOKS_DIR, course_notebooks
 from clickstream.local.broker import free_port
 from tests.browser.chromium import chromium
 

@@ -1,4 +1,5 @@
-"""The exercises where the learner writes the Spark query (`clickstream.exercises_spark`).
+"""The exercises where the learner writes the Spark query: the last check of notebooks 03 to 06
+(`clickstream.course.streaming_basics` to `bad_data_and_anomalies`).
 
 Each check runs on a real topic and a real Spark session: the reference solution passes, a
 batch DataFrame is refused with the reason, and a query with a wrong window, watermark or gap,
@@ -15,14 +16,12 @@ from pyspark.sql import functions as F
 
 from clickstream import events
 from clickstream.course import reset_topics
-from clickstream.exercises import CORRECT, ExerciseError
-from clickstream.exercises_spark import (
-    check_contract_reasons,
-    check_final_windows,
-    check_unique_events,
-    check_user_sessions,
-)
-from clickstream.exercises_stateful import _us
+from clickstream.course.bad_data_and_anomalies import check_contract_reasons
+from clickstream.course.checks import CORRECT, ExerciseError
+from clickstream.course.stateful_analytics import check_user_sessions
+from clickstream.course.streaming_basics import check_final_windows
+from clickstream.course.truth import event_us
+from clickstream.course.windows_and_watermarks import check_unique_events
 from clickstream.ingest.kafka_io import delete_topic, make_producer
 from clickstream.process.pipeline import parse_events, read_kafka, valid_events
 from clickstream.source.simulator import SimConfig, Simulator
@@ -117,7 +116,7 @@ def late_topic(sent):
     delays = [rng.uniform(1.0, 90.0) if rng.random() < 0.05 else 0.0 for _ in records]
     order = sorted(
         range(len(records)),
-        key=lambda i: (_us(records[i].event["event_time"]) + delays[i] * 1e6, i),
+        key=lambda i: (event_us(records[i].event["event_time"]) + delays[i] * 1e6, i),
     )
     arrivals = [records[i] for i in order]
     return arrivals, sent(arrivals)

@@ -1,6 +1,6 @@
 """Exercise checks of notebook 03's first section, Spark DataFrames for pandas users
-(`clickstream.exercises.check_page_views_per_country`): the reference answer passes, and each
-usual mistake gets a message that says what to change."""
+(`clickstream.course.streaming_basics.check_page_views_per_country`): the reference answer
+passes, and each usual mistake gets a message that says what to change."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from clickstream.exercises import (
-    CORRECT,
-    ExerciseError,
+from clickstream.course.checks import CORRECT, ExerciseError
+from clickstream.course.streaming_basics import (
     attempt,
     check_page_views_per_country,
     sample_events,

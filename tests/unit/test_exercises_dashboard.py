@@ -1,4 +1,4 @@
-"""The check of notebook 08's panel exercise (`clickstream.exercises_dashboard`).
+"""The check of notebook 08's panel exercise (`clickstream.course.live_dashboard`).
 
 It renders the learner's panel for real, in Streamlit's headless AppTest: it must accept the
 reference answer, say "not attempted yet" for an untouched exercise, and name the usual
@@ -11,9 +11,10 @@ from __future__ import annotations
 import pytest
 import streamlit as st
 
-from clickstream.exercises import CORRECT, ExerciseError, attempt
-from clickstream.exercises_dashboard import (
+from clickstream.course.checks import CORRECT, ExerciseError
+from clickstream.course.live_dashboard import (
     ALERT_COLUMNS,
+    attempt,
     check_incidents_panel,
     fill_known_store,
     render_panel,

@@ -1,4 +1,4 @@
-"""Exercise checks of notebook 09 (`clickstream.exercises_operations`).
+"""Exercise checks of notebook 09 (`clickstream.course.operating_the_job`).
 
 Every check must accept the reference answer and name the usual mistakes; the example
 checkpoints must read the same with `clickstream.process.lag` as Spark's own; the batch plan must be
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from clickstream import exercises_operations as ex
-from clickstream.exercises import CORRECT, ExerciseError
+from clickstream.course import operating_the_job as ex
+from clickstream.course.checks import CORRECT, ExerciseError
 from clickstream.process.lag import committed_offsets
 
 

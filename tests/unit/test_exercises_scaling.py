@@ -1,4 +1,4 @@
-"""Exercise checks of notebook 10 (`clickstream.exercises_scaling`).
+"""Exercise checks of notebook 10 (`clickstream.course.scaling_out`).
 
 Every check must accept the reference answer and name the usual mistakes.
 """
@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from clickstream import exercises_scaling as ex
-from clickstream.exercises import CORRECT, ExerciseError
+from clickstream.course import scaling_out as ex
+from clickstream.course.checks import CORRECT, ExerciseError
 
 
 def test_tasks_and_waves_rule():

@@ -1,4 +1,5 @@
-"""Ground truth and exercise checks of notebooks 05 and 06 (`clickstream.exercises_stateful`).
+"""Ground truth and exercise checks of notebooks 05 and 06 (`clickstream.course.truth`,
+`stateful_analytics` and `bad_data_and_anomalies`).
 
 The ground truth is plain Python written independently of the streaming job; here it must agree
 with the job's engine (also plain Python, no Spark) on the same records, and every check must
@@ -13,8 +14,13 @@ from datetime import UTC, datetime
 import pytest
 
 from clickstream import events
-from clickstream import exercises_stateful as gt
-from clickstream.exercises import CORRECT, ExerciseError
+from clickstream.course import truth as gt
+from clickstream.course.bad_data_and_anomalies import (
+    check_quarantine_counts,
+    check_threshold_windows,
+)
+from clickstream.course.checks import CORRECT, ExerciseError
+from clickstream.course.stateful_analytics import check_session_funnel, check_top_revenue
 from clickstream.source.simulator import SimConfig, Simulator
 from tests.stream_truth import classify
 
@@ -104,30 +110,30 @@ def fails(check, answer, *args, **kwargs) -> str:
 def test_top_revenue_check(copies, capsys):
     distinct = gt.unique_events(copies)
     right = dict(gt.top_products(distinct, 5))
-    passes(gt.check_top_revenue, right, copies, capsys=capsys)
-    passes(gt.check_top_revenue, list(right.items()), copies, capsys=capsys)
+    passes(check_top_revenue, right, copies, capsys=capsys)
+    passes(check_top_revenue, list(right.items()), copies, capsys=capsys)
     with_copies = gt.product_totals(r.event for r in copies if r.event)
     doubled = {p: with_copies[p]["revenue"] for p in right}
     assert doubled != right, "the fixture should have a copied purchase among the top products"
-    assert "duplicates" in fails(gt.check_top_revenue, doubled, copies)
-    assert "top 5" in fails(gt.check_top_revenue, dict(list(right.items())[:3]), copies)
+    assert "duplicates" in fails(check_top_revenue, doubled, copies)
+    assert "top 5" in fails(check_top_revenue, dict(list(right.items())[:3]), copies)
     totals = gt.product_totals(distinct)
     low = sorted(totals, key=lambda p: totals[p]["revenue"])[:5]
     assert "not among the top 5" in fails(
-        gt.check_top_revenue, {p: totals[p]["revenue"] for p in low}, copies
+        check_top_revenue, {p: totals[p]["revenue"] for p in low}, copies
     )
-    assert "expected a dict" in fails(gt.check_top_revenue, 42, copies)
+    assert "expected a dict" in fails(check_top_revenue, 42, copies)
 
 
 def test_session_funnel_check(copies, capsys):
     distinct = gt.unique_events(copies)
     right = gt.funnel_counts(distinct)[None]
-    passes(gt.check_session_funnel, right, copies, capsys=capsys)
+    passes(check_session_funnel, right, copies, capsys=capsys)
     per_window = gt.funnel_counts(distinct, 60).values()
     summed = tuple(sum(n[k] for n in per_window) for k in range(3))
     assert summed != right
-    assert "spans two windows" in fails(gt.check_session_funnel, summed, copies)
-    assert "three numbers" in fails(gt.check_session_funnel, right[:2], copies)
+    assert "spans two windows" in fails(check_session_funnel, summed, copies)
+    assert "three numbers" in fails(check_session_funnel, right[:2], copies)
 
 
 def test_quarantine_counts_check(messy, capsys):
@@ -135,10 +141,10 @@ def test_quarantine_counts_check(messy, capsys):
     prefixes = Counter()
     for reason, n in reasons.items():
         prefixes[events.reason_prefix(reason)] += n
-    passes(gt.check_quarantine_counts, dict(prefixes), messy, capsys=capsys)
-    assert "prefix" in fails(gt.check_quarantine_counts, dict(reasons), messy)
+    passes(check_quarantine_counts, dict(prefixes), messy, capsys=capsys)
+    assert "prefix" in fails(check_quarantine_counts, dict(reasons), messy)
     doubled = {k: 2 * n for k, n in prefixes.items()}
-    assert "twice" in fails(gt.check_quarantine_counts, doubled, messy)
+    assert "twice" in fails(check_quarantine_counts, doubled, messy)
 
 
 def test_threshold_windows_check(messy, capsys):
@@ -147,8 +153,8 @@ def test_threshold_windows_check(messy, capsys):
     right = {w for w, (n, e) in counts.items() if e / n >= 0.05 and e >= 5}
     assert right, "the fixture's incident should raise the error rate above 5 %"
     iso = {w.strftime("%Y-%m-%dT%H:%M:%SZ") for w in right}
-    passes(gt.check_threshold_windows, iso, messy, 10, 20, 400, capsys=capsys)
+    passes(check_threshold_windows, iso, messy, 10, 20, 400, capsys=capsys)
     loose = {w for w, (n, e) in counts.items() if e / n >= 0.05}
     if loose != right:
-        assert "at least 5 errors" in fails(gt.check_threshold_windows, loose, messy, 10, 20, 400)
-    assert "expected a set" in fails(gt.check_threshold_windows, "x", messy, 10, 20, 400)
+        assert "at least 5 errors" in fails(check_threshold_windows, loose, messy, 10, 20, 400)
+    assert "expected a set" in fails(check_threshold_windows, "x", messy, 10, 20, 400)

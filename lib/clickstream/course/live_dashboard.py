@@ -1,10 +1,7 @@
-"""Exercise check for the dashboard notebook (08): a panel of the dashboard, written by the learner.
+"""Exercise checks of notebook 08, the live dashboard: numbers read from the serving store, and
+a panel of the dashboard written by the learner.
 
-Same conventions as `clickstream.exercises`: the notebook runs the exercise through
-`exercises.attempt`, the check prints "✓ correct" or raises `ExerciseError` with one sentence
-saying what is wrong, and the solution notebook calls it directly.
-
-The check really renders the panel: `render_panel` runs it in Streamlit's headless test runner
+The panel's check really renders it: `render_panel` runs it in Streamlit's headless test runner
 (`streamlit.testing.v1.AppTest`, the app's script in this process, no browser), once on the
 notebook's store and once on a small store with known numbers and no alerts, then reads back
 what the page shows.
@@ -16,11 +13,80 @@ import contextlib
 import inspect
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from clickstream.exercises import ExerciseError, _correct, _need
+from clickstream.course.checks import ExerciseError, attempt, correct, need
+
+__all__ = [
+    "ALERT_COLUMNS",
+    "attempt",
+    "check_conversion",
+    "check_incidents_panel",
+    "check_newest_windows",
+    "fill_known_store",
+    "render_panel",
+]
+
+# --- 08.1 and 08.2: numbers from the serving store -----------------------------------------
+
+
+def check_conversion(answer: Any, store_url: str) -> None:
+    """Exercise 08.1: purchased / viewed sessions over every window of the funnel metric."""
+    from clickstream.serve.store import open_store
+
+    with open_store(store_url, readonly=True) as store:
+        rows = store.read("funnel")
+    viewed = sum(r["viewed"] or 0 for r in rows)
+    purchased = sum(r["purchased"] or 0 for r in rows)
+    need(
+        isinstance(answer, (int, float)) and not isinstance(answer, bool),
+        f"expected a number (a fraction such as 0.05), got {type(answer).__name__}",
+    )
+    expected = purchased / viewed if viewed else 0.0
+    if abs(answer - expected) > 1e-9:
+        if abs(answer - 100 * expected) < 1e-6:
+            raise ExerciseError("that is a percentage; return the fraction (divide by 100)")
+        per_window = [r["purchased"] / r["viewed"] for r in rows if r["viewed"]]
+        if per_window and abs(answer - sum(per_window) / len(per_window)) < 1e-9:
+            raise ExerciseError(
+                "that is the mean of the per-window rates; sum purchased and viewed over all "
+                "windows first, then divide once"
+            )
+        raise ExerciseError(
+            f"{answer} is not purchased / viewed over all {len(rows)} windows of the funnel "
+            "metric: read every row (no `since`, no `limit`) and sum each column"
+        )
+    correct(f"{int(purchased)} of {int(viewed)} sessions that viewed a product purchased")
+
+
+def check_newest_windows(answer: Any, store_url: str, n: int) -> None:
+    """Exercise 08.2: the traffic rows of the `n` newest windows, as `read(limit=n)` gives them."""
+    from clickstream.serve.store import open_store
+
+    need(isinstance(answer, list), f"expected a list of rows (dicts), got {type(answer).__name__}")
+    with open_store(store_url, readonly=True) as store:
+        expected = store.read("traffic", limit=n)
+        everything = store.read("traffic")
+    windows = sorted({r.get("window_start") for r in answer if isinstance(r, Mapping)})
+    need(
+        len(answer) != len(everything) or len(everything) == len(expected),
+        "that is every window in the store; a bounded query reads only the newest ones "
+        f"(limit={n})",
+    )
+    need(
+        len(windows) == n,
+        f"the rows cover {len(windows)} windows, expected the {n} newest",
+    )
+    need(
+        answer == expected,
+        f"these are not the rows of the {n} newest windows: use store.read('traffic', limit={n})",
+    )
+    correct(f"{len(answer)} rows in the {n} newest windows, from one bounded query")
+
+
+# --- 08.3: a panel of the dashboard --------------------------------------------------------
 
 ALERT_COLUMNS = ["kind", "status", "opened_at", "closed_at"]
 RENDER_TIMEOUT_S = 60  # one script run; the first one imports Plotly and pandas' formatters
@@ -125,7 +191,7 @@ def _failing_line(error) -> str:
 def _metric_value(at, label: str, where: str) -> str:
     found = [m for m in at.metric if m.label == label]
     labels = [m.label for m in at.metric]
-    _need(
+    need(
         bool(found),
         f"on {where}, the panel shows no metric labelled {label!r} (it shows {labels}): "
         f"add st.metric({label!r}, value)",
@@ -137,41 +203,41 @@ def _check_on(panel: Callable, snap, where: str) -> tuple[int, str]:
     """Check what the panel shows for `snap`; return (alerts, peak error rate) as shown."""
     at = _shown(panel, snap, where)
     headers = [h.value for h in at.subheader]
-    _need(
+    need(
         "Incidents" in headers,
         f"on {where}, the panel has no subheader 'Incidents' (it has {headers}): start it "
         "with st.subheader('Incidents')",
     )
     alerts = len(snap.alerts)
     shown_alerts = _metric_value(at, "Alerts", where)
-    _need(
+    need(
         shown_alerts.replace(",", "") == str(alerts),
         f"on {where}, the metric 'Alerts' shows {shown_alerts!r} but the snapshot holds "
         f"{alerts} alert(s): show len(snap.alerts)",
     )
     peak = f"{snap.errors['error_rate'].max():.1%}"
     shown_peak = _metric_value(at, "Peak error rate", where)
-    _need(
+    need(
         shown_peak == peak,
         f"on {where}, the metric 'Peak error rate' shows {shown_peak!r}, expected {peak!r}: "
         "the highest snap.errors['error_rate'], formatted with f'{rate:.1%}'",
     )
     in_columns = sum(len(c.metric) for c in at.columns)
-    _need(
+    need(
         len(at.columns) >= 2 and in_columns >= 2,
         f"on {where}, the two metrics are not side by side: put them in st.columns(2)",
     )
-    _need(
+    need(
         len(at.dataframe) >= 1,
         f"on {where}, the panel shows no table: show the alerts with st.dataframe(...)",
     )
     table = at.dataframe[0].value
-    _need(
+    need(
         list(table.columns) == ALERT_COLUMNS,
         f"on {where}, the table's columns are {list(table.columns)}, expected {ALERT_COLUMNS}: "
         f"select them with snap.alerts[{ALERT_COLUMNS}]",
     )
-    _need(
+    need(
         len(table) == alerts,
         f"on {where}, the table has {len(table)} row(s) but the snapshot holds {alerts} "
         "alert(s): show one row per alert",
@@ -181,7 +247,7 @@ def _check_on(panel: Callable, snap, where: str) -> tuple[int, str]:
 
 def check_incidents_panel(answer: Any, store_url: str) -> None:
     """Exercise 08.3: `render_incidents(snap)`, the Incidents panel, rendered for real."""
-    _need(
+    need(
         callable(answer),
         f"expected the panel function render_incidents(snap), got {type(answer).__name__}",
     )
@@ -200,7 +266,7 @@ def check_incidents_panel(answer: Any, store_url: str) -> None:
         known_alerts, known_peak = _check_on(
             answer, _snapshot(known), "a store with three windows and no alert"
         )
-    _correct(
+    correct(
         f"{alerts} alert(s) and a peak error rate of {peak} on the notebook's store; "
         f"{known_alerts} alerts and {known_peak} on a store with no alert"
     )

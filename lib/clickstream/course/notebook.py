@@ -1,13 +1,10 @@
-"""Course tooling: run every notebook headless with papermill, and small helpers notebooks share.
+"""Helpers the notebooks share, so that every notebook runs alone or in order and reruns
+deterministically.
 
-`execute_course()` (and `clickstream course execute`, `make execute`) runs the notebooks in
-order, then the exercise solutions, each in its own papermill process with a per-cell timeout,
-and writes executed copies, one log per notebook and a summary table into `build/executed`.
-
-The helpers (`ensure_broker`, `reset_topics`, `reset_groups`, `reset_dir`, `jvm_output_to`,
-`run_shown`, `start_background`) are what lets every notebook run alone or in order, rerun
-deterministically, keep the JVM's console output out of its cells, show the progress of a long
-command and leave a server running without losing track of it.
+`ensure_broker`, `reset_topics`, `reset_groups`, `reset_dir` and `notebook_dir` give a notebook
+a broker and a clean start; `jvm_output_to` keeps the JVM's console output out of its cells;
+`run_shown` shows the progress of a long command; `start_background` leaves a server running
+(08's dashboard) without losing track of it, and `stop_background` stops it.
 """
 
 from __future__ import annotations
@@ -15,256 +12,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
 from clickstream.processes import wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-SOLUTIONS_DIR = NOTEBOOKS_DIR / "solutions"
-DEFAULT_OUTPUT_DIR = Path("build/executed")
-KERNEL_NAME = "python3"
-CELL_TIMEOUT_S = 600  # one cell; the longest (Spark start on a busy laptop) needs ~1 minute
-NOTEBOOK_TIMEOUT_S = 1800  # a whole notebook, in case a kernel hangs outside any cell
 JVM_LOG_MAX_BYTES = 20_000_000
-# Given to the notebooks that declare them, so a headless run leaves nothing running behind it.
-HEADLESS_PARAMETERS = {"STOP_DASHBOARD": True}
-
-
-# --- running the course headless ---------------------------------------------------------
-
-
-@dataclass
-class NotebookRun:
-    """How one notebook went."""
-
-    name: str
-    source: Path
-    output: Path
-    log: Path
-    status: str = "pending"  # ok | failed | timeout
-    seconds: float = 0.0
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-@dataclass
-class CourseRun:
-    """The result of `execute_course`: one row per notebook, in the order they ran."""
-
-    runs: list[NotebookRun] = field(default_factory=list)
-    output_dir: Path = DEFAULT_OUTPUT_DIR
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.runs) and all(r.ok for r in self.runs)
-
-    @property
-    def failed(self) -> list[NotebookRun]:
-        return [r for r in self.runs if not r.ok]
-
-    def table(self) -> str:
-        """A plain-text summary: notebook, status, duration, and the error if any."""
-        width = max([len("notebook"), *(len(r.name) for r in self.runs)])
-        lines = [f"{'notebook':<{width}}  {'status':<7}  {'seconds':>7}", "-" * (width + 18)]
-        for r in self.runs:
-            lines.append(f"{r.name:<{width}}  {r.status:<7}  {r.seconds:>7.1f}")
-            if r.error:
-                lines.append(f"{'':<{width}}    {r.error}")
-                lines.append(f"{'':<{width}}    log: {r.log}")
-        total = sum(r.seconds for r in self.runs)
-        good = sum(r.ok for r in self.runs)
-        lines.append("-" * (width + 18))
-        lines.append(f"{good}/{len(self.runs)} succeeded in {total:.1f} s")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {
-            "ok": self.ok,
-            "notebooks": [
-                {
-                    "name": r.name,
-                    "status": r.status,
-                    "seconds": round(r.seconds, 1),
-                    "output": str(r.output),
-                    "log": str(r.log),
-                    "error": r.error,
-                }
-                for r in self.runs
-            ],
-        }
-
-
-def course_notebooks(
-    only: Iterable[str] | str | None = None, include_solutions: bool = True
-) -> list[Path]:
-    """The notebooks in course order (NN_*.ipynb), then their solutions.
-
-    `only` keeps the notebooks whose name starts with one of the given prefixes ("01", "03_st").
-    """
-    paths = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
-    if include_solutions:
-        paths += sorted(SOLUTIONS_DIR.glob("[0-9][0-9]_*_solutions.ipynb"))
-    if only:
-        prefixes = [only] if isinstance(only, str) else list(only)
-        paths = [p for p in paths if any(p.name.startswith(x) for x in prefixes)]
-    return paths
-
-
-def execute_course(
-    output_dir: str | Path = DEFAULT_OUTPUT_DIR,
-    fast: bool = True,
-    only: Iterable[str] | str | None = None,
-    include_solutions: bool = True,
-    parameters: dict | None = None,
-    cell_timeout: int = CELL_TIMEOUT_S,
-    notebook_timeout: int = NOTEBOOK_TIMEOUT_S,
-    echo: Callable[[str], object] = print,
-) -> CourseRun:
-    """Run the notebooks in order (then the solutions) with papermill; print and return a summary.
-
-    A failing notebook does not stop the others; `CourseRun.ok` is False if any failed.
-    `parameters` are passed to every notebook (FAST is set from `fast`); the notebooks that
-    declare a parameter of HEADLESS_PARAMETERS get its value unless `parameters` has one.
-    """
-    output_dir = Path(output_dir)
-    notebooks = course_notebooks(only, include_solutions)
-    if not notebooks:
-        raise ClickstreamError(
-            f"No notebooks matched {only!r} in {NOTEBOOKS_DIR}: names look like "
-            "00_setup_and_checks.ipynb; pass a prefix such as 00 or 03_structured."
-        )
-    params = {**(parameters or {}), "FAST": bool(fast)}
-    result = CourseRun(output_dir=output_dir)
-    mode = "fast" if fast else "full"
-    echo(
-        f"Executing {len(notebooks)} notebooks ({mode} mode, kernel {KERNEL_NAME}, "
-        f"{cell_timeout} s per cell) into {output_dir}/"
-    )
-    for index, source in enumerate(notebooks, 1):
-        relative = source.relative_to(NOTEBOOKS_DIR)
-        run = NotebookRun(
-            name=str(relative.with_suffix("")),
-            source=source,
-            output=output_dir / relative,
-            log=output_dir / "logs" / relative.with_suffix(".log").name,
-        )
-        echo(f"[{index}/{len(notebooks)}] {run.name} ...")
-        _execute_one(run, headless_parameters(source, params), cell_timeout, notebook_timeout)
-        result.runs.append(run)
-        echo(f"[{index}/{len(notebooks)}] {run.name}: {run.status} ({run.seconds:.1f} s)")
-        if run.error:
-            echo(f"    {run.error}\n    log: {run.log}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    echo("")
-    echo(result.table())
-    return result
-
-
-def notebook_parameters(path: str | Path) -> dict[str, object]:
-    """The names and values the notebook's cell tagged `parameters` assigns (plain values), as
-    papermill reads them."""
-    import ast
-
-    import papermill
-
-    found = {}
-    for name, parameter in papermill.inspect_notebook(str(path)).items():
-        with contextlib.suppress(ValueError, SyntaxError):
-            found[name] = ast.literal_eval(parameter["default"])
-    return found
-
-
-def headless_parameters(path: str | Path, parameters: dict) -> dict:
-    """`parameters`, plus the HEADLESS_PARAMETERS the notebook at `path` declares."""
-    declared = notebook_parameters(path)
-    extra = {k: v for k, v in HEADLESS_PARAMETERS.items() if k in declared}
-    return {**extra, **parameters}
-
-
-def _execute_one(run: NotebookRun, params: dict, cell_timeout: int, notebook_timeout: int) -> None:
-    run.output.parent.mkdir(parents=True, exist_ok=True)
-    run.log.parent.mkdir(parents=True, exist_ok=True)
-    # A separate process per notebook: a dead kernel cannot take the others with it, and the
-    # kernel (so the JVMs it starts) inherits this process's stderr, i.e. the log file.
-    cmd = [
-        sys.executable,
-        "-m",
-        "papermill",
-        str(run.source),
-        str(run.output),
-        "--kernel",
-        KERNEL_NAME,
-        "--cwd",
-        str(run.source.parent),
-        "--execution-timeout",
-        str(cell_timeout),
-        "--no-progress-bar",
-        "--log-level",
-        "WARNING",
-        "--parameters_yaml",
-        json.dumps(params),  # JSON is YAML
-    ]
-    started = time.monotonic()
-    with run.log.open("w") as log:
-        log.write(f"$ {' '.join(cmd)}\n")
-        log.flush()
-        try:
-            proc = subprocess.run(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                timeout=notebook_timeout,
-                check=False,
-            )
-            code = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = None
-    run.seconds = time.monotonic() - started
-    if code == 0:
-        run.status = "ok"
-        return
-    run.status = "timeout" if code is None else "failed"
-    run.error = _first_error(run.output) or (
-        f"the notebook did not finish within {notebook_timeout} s"
-        if code is None
-        else f"papermill exited with code {code}"
-    )
-
-
-def _first_error(executed: Path) -> str | None:
-    """'In [N]: Ename: message' for the first cell that raised, from the executed notebook."""
-    try:
-        nb = json.loads(executed.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for cell in nb.get("cells", []):
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                lines = str(out.get("evalue", "")).strip().splitlines()
-                first = lines[0][:200] if lines else ""
-                return f"In [{cell.get('execution_count')}]: {out.get('ename')}: {first}"
-    return None
-
-
-# --- helpers the notebooks share ---------------------------------------------------------
 
 
 def ensure_broker(
@@ -373,6 +138,63 @@ def jvm_output_to(log_file: str | Path | None = None) -> Iterator[Path]:
 JVM_NOISE = re.compile(r"^(WARNING: |\d\d:\d\d:\d\d (WARN|INFO) |SLF4J: )")
 
 
+def _lines_of(proc: subprocess.Popen) -> queue.Queue[str | None]:
+    """A queue that a reader thread fills with `proc`'s output lines, then None at its end.
+
+    The reader is a thread so that the caller (the cell's thread) can print heartbeats while
+    the command is silent: output printed from another thread may land in the wrong cell.
+    """
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+@dataclass
+class _Shown:
+    """How `run_shown` shows a command's output: where, what to hide, when to say it runs."""
+
+    out: IO[str]
+    echo: Callable[[str], object]
+    hide: re.Pattern | None
+    heartbeat_s: float | None
+    started: float
+    last_shown: float = 0.0
+
+    def line(self, line: str) -> None:
+        self.out.write(line)
+        self.out.flush()
+        if self.hide is None or not self.hide.search(line):
+            self.echo(line.rstrip("\n"))
+            self.last_shown = time.monotonic()
+
+    def quiet(self) -> None:
+        if self.heartbeat_s is not None and time.monotonic() - self.last_shown >= self.heartbeat_s:
+            self.echo(f"  ... still running ({time.monotonic() - self.started:.0f} s)")
+            self.last_shown = time.monotonic()
+
+
+def _relay(lines: queue.Queue[str | None], shown: _Shown, timeout_s: float, what: str) -> None:
+    """Show every line of `lines` until its end; TimeoutError (saying `what`) after `timeout_s`."""
+    while True:
+        waited = time.monotonic() - shown.started
+        if waited > timeout_s:
+            raise TimeoutError(what)
+        try:
+            line = lines.get(timeout=min(1.0, max(0.0, timeout_s - waited)))
+        except queue.Empty:
+            shown.quiet()
+            continue
+        if line is None:
+            return
+        shown.line(line)
+
+
 def run_shown(
     args: list[str],
     log: str | Path,
@@ -389,12 +211,8 @@ def run_shown(
     The command runs in its own process group, stopped as a whole when it outlives `timeout_s`
     (TimeoutError, naming the log) or when the caller is interrupted (a kernel interrupt).
     """
-    import queue
-    import threading
-
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
-    lines: queue.Queue[str | None] = queue.Queue()
     started = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -406,39 +224,15 @@ def run_shown(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},  # a Python child's lines as they come
             start_new_session=True,  # its own process group: stopped as a whole
         )
-
-        def read() -> None:
-            for line in proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        # The reader is a thread so that this one (the cell's) can print heartbeats while the
-        # command is silent: output printed from another thread may land in the wrong cell.
-        threading.Thread(target=read, daemon=True).start()
-        last_shown = started
+        shown = _Shown(out, echo, hide, heartbeat_s, started, last_shown=started)
         try:
-            while True:
-                waited = time.monotonic() - started
-                if waited > timeout_s:
-                    raise TimeoutError(
-                        f"{Path(args[0]).name} did not finish within {timeout_s:.0f} s and was "
-                        f"stopped; see {log}"
-                    )
-                try:
-                    line = lines.get(timeout=min(1.0, max(0.0, timeout_s - waited)))
-                except queue.Empty:
-                    quiet = time.monotonic() - last_shown
-                    if heartbeat_s is not None and quiet >= heartbeat_s:
-                        echo(f"  ... still running ({time.monotonic() - started:.0f} s)")
-                        last_shown = time.monotonic()
-                    continue
-                if line is None:
-                    break
-                out.write(line)
-                out.flush()
-                if hide is None or not hide.search(line):
-                    echo(line.rstrip("\n"))
-                    last_shown = time.monotonic()
+            _relay(
+                _lines_of(proc),
+                shown,
+                timeout_s,
+                f"{Path(args[0]).name} did not finish within {timeout_s:.0f} s and was "
+                f"stopped; see {log}",
+            )
             return proc.wait()
         finally:
             if proc.poll() is None:  # timed out, or interrupted: stop it and what it started
@@ -533,46 +327,3 @@ def running_background(settings: Settings | None = None) -> dict[str, int]:
         if proc is not None:
             found[path.stem] = proc.pid
     return found
-
-
-# -- test sessions -----------------------------------------------------------------------------
-# pytest (tests/conftest.py, and notebooks/conftest.py when only notebooks are collected) calls
-# these: a private state directory and broker port for the whole session, set in the
-# environment before any notebook kernel or subprocess starts, so they inherit them and never
-# touch a learner's broker. Whichever conftest runs first sets it up; the other sees it done.
-SHORT_LIVED_JIT = "-XX:TieredStopAtLevel=1"  # C1 only: less warm-up for a JVM that soon ends
-
-
-def isolate_test_session() -> None:
-    """Point CLICKSTREAM_STATE_DIR at a fresh temporary directory and the broker at a free port."""
-    if os.environ.get("CLICKSTREAM_TEST_STATE_DIR"):
-        return
-    from clickstream.local.broker import free_port
-
-    state = Path(tempfile.mkdtemp(prefix="clickstream-tests-"))
-    os.environ["CLICKSTREAM_TEST_STATE_DIR"] = str(state)
-    os.environ["CLICKSTREAM_STATE_DIR"] = str(state)
-    os.environ["CLICKSTREAM_KAFKA_PORT"] = str(free_port())
-    # A test session starts dozens of short-lived JVMs (jobs, brokers, the notebooks' Spark) on
-    # a small machine: the quick C1 compiler alone spends less CPU warming each of them up than
-    # C1 followed by the optimising C2. The tests' shared Spark session, which lives for the
-    # whole run, leaves it out (tests/conftest.py).
-    options = os.environ.get("CLICKSTREAM_JAVA_OPTIONS", "")
-    if SHORT_LIVED_JIT not in shlex.split(options):
-        os.environ["CLICKSTREAM_JAVA_OPTIONS"] = f"{options} {SHORT_LIVED_JIT}".strip()
-
-
-def end_test_session() -> None:
-    """Stop the session's private broker, whatever started it (a fixture or a notebook), and
-    the processes its notebooks left running (nbval runs 08 as a learner does: its dashboard
-    stays up)."""
-    test_dir = os.environ.get("CLICKSTREAM_TEST_STATE_DIR")
-    if not test_dir or os.environ.get("CLICKSTREAM_STATE_DIR") != test_dir:
-        return  # never stop what this session did not start
-    for name in running_background():
-        stop_background(name)
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return  # the broker is someone else's
-    from clickstream.local.broker import LocalBroker
-
-    LocalBroker(get_settings()).down(echo=lambda message: None)

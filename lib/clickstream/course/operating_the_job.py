@@ -1,203 +1,31 @@
-"""Exercise checks for the serving, dashboard and operating notebooks (07 to 09).
+"""Exercise checks of notebook 09, operating the job: lag read from a checkpoint, the
+micro-batches of availableNow with maxOffsetsPerTrigger, and how long catching up takes.
 
-Same conventions as `clickstream.exercises`: the notebook runs an exercise through
-`exercises.attempt`, the checks here print "✓ correct" or raise `ExerciseError` with a message
-that says what is wrong, and the solution notebooks call them directly. The expected answers of
-09 are computed with plain Python (Spark's rules written out), never by Spark itself, so a check
-is independent of what it grades; the notebook shows that the rules agree with Spark.
+The expected answers are computed with plain Python (Spark's rules written out), never by Spark
+itself, so a check is independent of what it grades; the notebook shows that the rules agree
+with Spark.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from clickstream.exercises import ExerciseError, _correct, _is_int, _need
+from clickstream.course.checks import ExerciseError, attempt, call_answer, correct, is_int, need
 
-# --- 07 the serving layer ----------------------------------------------------------------
-
-BATCH_TABLE = """CREATE TABLE batch_counts (
-    batch_id INTEGER NOT NULL, window_start TEXT NOT NULL, event_type TEXT NOT NULL,
-    count INTEGER NOT NULL, PRIMARY KEY (batch_id, window_start, event_type))"""
-TOTALS = (
-    "SELECT window_start, event_type, SUM(count) FROM batch_counts "
-    "GROUP BY window_start, event_type"
-)
-
-# Partial counts of three micro-batches: (window_start, event_type, count).
-_BATCHES = {
-    0: [("2026-11-28T00:00:00Z", "page_view", 40), ("2026-11-28T00:00:00Z", "search", 5)],
-    1: [("2026-11-28T00:00:00Z", "page_view", 12), ("2026-11-28T00:01:00Z", "page_view", 30)],
-    2: [("2026-11-28T00:01:00Z", "page_view", 8), ("2026-11-28T00:01:00Z", "purchase", 2)],
-}
-
-
-def _expected_totals(batch_ids) -> dict[tuple[str, str], int]:
-    totals: dict[tuple[str, str], int] = {}
-    for batch_id in sorted(set(batch_ids)):
-        for window_start, event_type, count in _BATCHES[batch_id]:
-            key = (window_start, event_type)
-            totals[key] = totals.get(key, 0) + count
-    return totals
-
-
-def _totals(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
-    return {(w, t): n for w, t, n in conn.execute(TOTALS)}
-
-
-def check_idempotent_writer(answer: Any) -> None:
-    """Exercise 07.1: `write(conn, batch_id, rows)` that a replayed batch cannot double-count."""
-    _need(
-        callable(answer),
-        f"expected the function write(conn, batch_id, rows), got {type(answer).__name__}",
-    )
-    write: Callable = answer
-    conn = sqlite3.connect(":memory:")
-    try:
-        conn.execute(BATCH_TABLE)
-        for step, batch_id in enumerate((0, 1, 1, 2), 1):
-            write(conn, batch_id, list(_BATCHES[batch_id]))
-            conn.commit()
-            got = _totals(conn)
-            expected = _expected_totals((0, 1, 1, 2)[:step])
-            if got == expected:
-                continue
-            replayed = step == 3
-            if (
-                replayed
-                and all(got.get(k, 0) >= v for k, v in expected.items())
-                and got != expected
-            ):
-                raise ExerciseError(
-                    "after batch 1 was written a second time (a replay), its counts were added "
-                    "again. Write the rows keyed by (batch_id, window_start, event_type) with "
-                    "INSERT OR REPLACE (or ON CONFLICT ... DO UPDATE SET count = excluded.count), "
-                    "so a replay overwrites what the first attempt wrote."
-                )
-            raise ExerciseError(
-                f"after batch {batch_id} the totals ({TOTALS!r}) are {got}, expected "
-                f"{expected}: insert one row per (batch_id, window_start, event_type) into "
-                "batch_counts with the row's count."
-            )
-    finally:
-        conn.close()
-    _correct("a replayed batch overwrites its own rows; the totals stay right")
-
-
-def check_store_window_counts(answer: Any, truth, event_type: str, window_s: int = 60) -> None:
-    """Exercise 07.2: {window_start: count} of `event_type` as the serving store holds it."""
-    from clickstream.serve.store import iso
-
-    _need(
-        isinstance(answer, Mapping),
-        f"expected a dict {{window_start: count}}, got {type(answer).__name__}",
-    )
-    expected = {
-        iso(start): n
-        for (start, kind), n in truth.window_counts(window_s).items()
-        if kind == event_type
-    }
-    got = {iso(k): v for k, v in answer.items()}
-    _need(
-        bool(got),
-        "the dict is empty: read the traffic metric with store.read('traffic', "
-        f"where={{'event_type': {event_type!r}}})",
-    )
-    other = {k for k in got if k not in expected}
-    _need(
-        not other,
-        f"windows {sorted(other)[:3]} hold no {event_type} events in the ground truth: did you "
-        "filter on event_type?",
-    )
-    wrong = {k: (got[k], expected[k]) for k in got if got[k] != expected[k]}
-    _need(
-        not wrong,
-        f"counts differ from the ground truth (yours, expected): {dict(list(wrong.items())[:3])}; "
-        "each row's `count` column is the window's total, take it as it is",
-    )
-    missing = sorted(set(expected) - set(got))
-    _need(
-        not missing,
-        f"windows missing: {missing[:3]}; a `limit` keeps only the newest windows, drop it",
-    )
-    _correct(
-        f"{sum(got.values())} {event_type} events in {len(got)} windows, as in the ground truth"
-    )
-
-
-# --- 08 the live dashboard ---------------------------------------------------------------
-
-
-def check_conversion(answer: Any, store_url: str) -> None:
-    """Exercise 08.1: purchased / viewed sessions over every window of the funnel metric."""
-    from clickstream.serve.store import open_store
-
-    with open_store(store_url, readonly=True) as store:
-        rows = store.read("funnel")
-    viewed = sum(r["viewed"] or 0 for r in rows)
-    purchased = sum(r["purchased"] or 0 for r in rows)
-    _need(
-        isinstance(answer, (int, float)) and not isinstance(answer, bool),
-        f"expected a number (a fraction such as 0.05), got {type(answer).__name__}",
-    )
-    expected = purchased / viewed if viewed else 0.0
-    if abs(answer - expected) > 1e-9:
-        if abs(answer - 100 * expected) < 1e-6:
-            raise ExerciseError("that is a percentage; return the fraction (divide by 100)")
-        per_window = [r["purchased"] / r["viewed"] for r in rows if r["viewed"]]
-        if per_window and abs(answer - sum(per_window) / len(per_window)) < 1e-9:
-            raise ExerciseError(
-                "that is the mean of the per-window rates; sum purchased and viewed over all "
-                "windows first, then divide once"
-            )
-        raise ExerciseError(
-            f"{answer} is not purchased / viewed over all {len(rows)} windows of the funnel "
-            "metric: read every row (no `since`, no `limit`) and sum each column"
-        )
-    _correct(f"{int(purchased)} of {int(viewed)} sessions that viewed a product purchased")
-
-
-def check_newest_windows(answer: Any, store_url: str, n: int) -> None:
-    """Exercise 08.2: the traffic rows of the `n` newest windows, as `read(limit=n)` gives them."""
-    from clickstream.serve.store import open_store
-
-    _need(isinstance(answer, list), f"expected a list of rows (dicts), got {type(answer).__name__}")
-    with open_store(store_url, readonly=True) as store:
-        expected = store.read("traffic", limit=n)
-        everything = store.read("traffic")
-    windows = sorted({r.get("window_start") for r in answer if isinstance(r, Mapping)})
-    _need(
-        len(answer) != len(everything) or len(everything) == len(expected),
-        "that is every window in the store; a bounded query reads only the newest ones "
-        f"(limit={n})",
-    )
-    _need(
-        len(windows) == n,
-        f"the rows cover {len(windows)} windows, expected the {n} newest",
-    )
-    _need(
-        answer == expected,
-        f"these are not the rows of the {n} newest windows: use store.read('traffic', limit={n})",
-    )
-    _correct(f"{len(answer)} rows in the {n} newest windows, from one bounded query")
-
-
-# --- 09 operating the job ---------------------------------------------------------------
-
-
-def _call(function: Callable, what: str, *args) -> Any:
-    """Run the learner's function; turn its exception into a message that names the case."""
-    try:
-        return function(*args)
-    except ExerciseError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - reported to the learner, with the case
-        raise ExerciseError(f"your function raised {type(exc).__name__}: {exc} ({what})") from exc
+__all__ = [
+    "attempt",
+    "catch_up_seconds",
+    "check_catch_up",
+    "check_checkpoint_lag",
+    "check_micro_batches",
+    "plan_batches",
+    "write_spark_checkpoint",
+]
 
 
 # --- 09.1 lag from a checkpoint ----------------------------------------------------------
@@ -286,32 +114,21 @@ def _lag_hint(got: dict, batches, committed: int, ends: Mapping[int, int], case:
     )
 
 
-def check_checkpoint_lag(
-    answer: Any, checkpoint: str | Path | None = None, bootstrap: str | None = None
-) -> None:
-    """Exercise 09.1: `lag_per_partition(checkpoint, topic, end_offsets) -> {partition: lag}`.
-
-    Tried on example checkpoints (`write_spark_checkpoint`), then, if `checkpoint` and
-    `bootstrap` are given, on that real checkpoint against `clickstream.process.lag.checkpoint_lag`.
-    """
-    _need(
-        callable(answer),
-        "expected the function lag_per_partition(checkpoint, topic, end_offsets), got "
-        f"{type(answer).__name__}",
-    )
+def _check_example_checkpoints(answer: Callable) -> None:
+    """Try the learner's function on each of `_LAG_CASES`, written as a Spark checkpoint."""
     topic = "clicks"
     with tempfile.TemporaryDirectory(prefix="clickstream-exercise-") as tmp:
         for index, (case, batches, committed, ends) in enumerate(_LAG_CASES):
             directory = write_spark_checkpoint(
                 Path(tmp) / f"case{index}", topic, batches, committed
             )
-            got = _call(answer, f"case '{case}'", directory, topic, dict(ends))
-            _need(
+            got = call_answer(answer, f"case '{case}'", directory, topic, dict(ends))
+            need(
                 isinstance(got, Mapping),
                 f"expected a dict {{partition: lag}}, got {type(got).__name__}",
             )
-            _need(
-                all(_is_int(p) for p in got),
+            need(
+                all(is_int(p) for p in got),
                 f"partitions should be ints, got keys {sorted(map(repr, got))[:4]}: "
                 "convert the checkpoint's keys with int(...)",
             )
@@ -323,27 +140,50 @@ def check_checkpoint_lag(
                     "was added to the topic after the last batch; the job has read none of it, "
                     "so its lag is its whole end offset"
                 )
-            _need(not missing, f"partitions {missing} are missing from your answer ({case})")
+            need(not missing, f"partitions {missing} are missing from your answer ({case})")
             if dict(got) != expected:
                 raise ExerciseError(_lag_hint(dict(got), batches, committed, ends, case))
+
+
+def _check_real_checkpoint(answer: Callable, checkpoint: str | Path, bootstrap: str) -> int:
+    """Compare the learner's function with `clickstream lag` on a job's own checkpoint; return
+    the number of partitions compared."""
+    from clickstream.process.lag import checkpoint_lag
+
+    rows = checkpoint_lag(checkpoint, bootstrap)
+    spark_dir = Path(checkpoint)
+    spark_dir = spark_dir / "spark" if (spark_dir / "spark" / "offsets").is_dir() else spark_dir
+    for topic_name in sorted({r.topic for r in rows}):
+        ends = {r.partition: r.end for r in rows if r.topic == topic_name}
+        expected = {r.partition: r.lag for r in rows if r.topic == topic_name}
+        got = call_answer(answer, "the notebook's checkpoint", spark_dir, topic_name, ends)
+        need(
+            dict(got) == expected,
+            f"on the notebook's own checkpoint ({topic_name}) your lags are {dict(got)}, "
+            f"`clickstream lag` says {expected}",
+        )
+    return len(rows)
+
+
+def check_checkpoint_lag(
+    answer: Any, checkpoint: str | Path | None = None, bootstrap: str | None = None
+) -> None:
+    """Exercise 09.1: `lag_per_partition(checkpoint, topic, end_offsets) -> {partition: lag}`.
+
+    Tried on example checkpoints (`write_spark_checkpoint`), then, if `checkpoint` and
+    `bootstrap` are given, on that real checkpoint against `clickstream.process.lag.checkpoint_lag`.
+    """
+    need(
+        callable(answer),
+        "expected the function lag_per_partition(checkpoint, topic, end_offsets), got "
+        f"{type(answer).__name__}",
+    )
+    _check_example_checkpoints(answer)
     real = ""
     if checkpoint is not None and bootstrap is not None:
-        from clickstream.process.lag import checkpoint_lag
-
-        rows = checkpoint_lag(checkpoint, bootstrap)
-        spark_dir = Path(checkpoint)
-        spark_dir = spark_dir / "spark" if (spark_dir / "spark" / "offsets").is_dir() else spark_dir
-        for topic_name in sorted({r.topic for r in rows}):
-            ends = {r.partition: r.end for r in rows if r.topic == topic_name}
-            expected = {r.partition: r.lag for r in rows if r.topic == topic_name}
-            got = _call(answer, "the notebook's checkpoint", spark_dir, topic_name, ends)
-            _need(
-                dict(got) == expected,
-                f"on the notebook's own checkpoint ({topic_name}) your lags are {dict(got)}, "
-                f"`clickstream lag` says {expected}",
-            )
-        real = f", and the notebook's checkpoint agrees with `clickstream lag` ({len(rows)} partitions)"
-    _correct(f"{len(_LAG_CASES)} example checkpoints{real}")
+        partitions = _check_real_checkpoint(answer, checkpoint, bootstrap)
+        real = f", and the notebook's checkpoint agrees with `clickstream lag` ({partitions} partitions)"
+    correct(f"{len(_LAG_CASES)} example checkpoints{real}")
 
 
 # --- 09.2 micro-batches with maxOffsetsPerTrigger -----------------------------------------
@@ -394,7 +234,7 @@ def check_micro_batches(
     Tried on fixed cases, then on the notebook's `backlog` with the caps it `measured`
     ({cap: number of batches Spark ran}).
     """
-    _need(
+    need(
         callable(answer),
         f"expected the function micro_batches(backlog, cap), got {type(answer).__name__}",
     )
@@ -403,8 +243,8 @@ def check_micro_batches(
         cases += [(dict(backlog), cap, n) for cap, n in measured.items()]
     for backlog_case, cap, expected in cases:
         what = f"backlog {backlog_case}, cap {cap}"
-        got = _call(answer, what, dict(backlog_case), cap)
-        _need(_is_int(got), f"expected an int (the number of batches), got {got!r} for {what}")
+        got = call_answer(answer, what, dict(backlog_case), cap)
+        need(is_int(got), f"expected an int (the number of batches), got {got!r} for {what}")
         if got == expected:
             continue
         total = sum(backlog_case.values())
@@ -426,7 +266,7 @@ def check_micro_batches(
             )
         raise ExerciseError(f"for {what} Spark runs {expected} batches, not {got}: {hint}")
     extra = f", including the {len(measured)} runs measured above" if backlog and measured else ""
-    _correct(f"{len(cases)} backlogs and caps{extra}")
+    correct(f"{len(cases)} backlogs and caps{extra}")
 
 
 # --- 09.3 catching up ------------------------------------------------------------------
@@ -452,21 +292,21 @@ _CATCH_UP_CASES = [
 
 def check_catch_up(answer: Any) -> None:
     """Exercise 09.3: `catch_up(lag, input_rate, processing_rate) -> seconds` (math.inf: never)."""
-    _need(
+    need(
         callable(answer),
         "expected the function catch_up(lag, input_rate, processing_rate), got "
         f"{type(answer).__name__}",
     )
     for lag, rate_in, rate_proc in _CATCH_UP_CASES:
         what = f"lag {lag:,} records, {rate_in:g} records/s in, {rate_proc:g} records/s processed"
-        got = _call(answer, what, lag, rate_in, rate_proc)
+        got = call_answer(answer, what, lag, rate_in, rate_proc)
         expected = catch_up_seconds(lag, rate_in, rate_proc)
-        _need(
+        need(
             isinstance(got, (int, float)) and not isinstance(got, bool),
             f"expected a number of seconds, got {got!r} for {what}",
         )
         if math.isinf(expected):
-            _need(
+            need(
                 math.isinf(got) and got > 0,
                 f"for {what} the job never catches up (it processes no faster than records "
                 f"arrive): return math.inf, not {got!r}",
@@ -482,4 +322,4 @@ def check_catch_up(answer: Any) -> None:
         else:
             hint = "the lag shrinks by (processing_rate - input_rate) records per second"
         raise ExerciseError(f"for {what} it takes {expected:g} s, not {got!r}: {hint}")
-    _correct(f"{len(_CATCH_UP_CASES)} cases, including two where the job never catches up")
+    correct(f"{len(_CATCH_UP_CASES)} cases, including two where the job never catches up")

@@ -1,9 +1,8 @@
-"""Exercise checks for notebook 10 (scaling out), like `clickstream.exercises`.
+"""Exercise checks of notebook 10, scaling out: tasks and waves of a Spark stage, and whether
+Kafka accepts a write with some replicas down.
 
-Same contract: a check prints "✓ correct" or raises `ExerciseError` saying what is wrong and how
-to get closer; notebooks run exercises through `exercises.attempt`. The expected answers are
-computed here with plain Python (the rules of Spark's scheduler and of Kafka's replication
-written out), so a check is independent of what it grades.
+The expected answers are computed here with plain Python (the rules of Spark's scheduler and of
+Kafka's replication written out), so a check is independent of what it grades.
 """
 
 from __future__ import annotations
@@ -11,11 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from clickstream.exercises import ExerciseError, _correct, _is_int, _need, attempt
-from clickstream.exercises_operations import _call
+from clickstream.course.checks import ExerciseError, attempt, call_answer, correct, is_int, need
 
 __all__ = [
-    "ExerciseError",
     "attempt",
     "check_tasks_and_waves",
     "check_write_accepted",
@@ -71,23 +68,23 @@ def _waves_hint(got: tuple, partitions: int, executors: int, cores_each: int) ->
 
 def check_tasks_and_waves(answer: Any) -> None:
     """Exercise 10.1: `tasks_and_waves(partitions, executors, cores_per_executor) -> (at once, waves)`."""
-    _need(
+    need(
         callable(answer),
         "expected the function tasks_and_waves(partitions, executors, cores_per_executor), got "
         f"{type(answer).__name__}",
     )
     for case, partitions, executors, cores_each in _WAVES_CASES:
         what = f"{partitions} partitions, {executors} executor(s) x {cores_each} core(s): {case}"
-        got = _call(answer, what, partitions, executors, cores_each)
-        _need(
-            isinstance(got, tuple) and len(got) == 2 and all(_is_int(n) for n in got),
+        got = call_answer(answer, what, partitions, executors, cores_each)
+        need(
+            isinstance(got, tuple) and len(got) == 2 and all(is_int(n) for n in got),
             f"expected a pair of ints (tasks at once, waves), got {got!r} for {what}",
         )
         expected = tasks_and_waves(partitions, executors, cores_each)
         if tuple(got) != expected:
             hint = _waves_hint(tuple(got), partitions, executors, cores_each)
             raise ExerciseError(f"for {what} the answer is {expected}, not {tuple(got)}: {hint}")
-    _correct(f"{len(_WAVES_CASES)} stages, including the session and the cluster of notebook 10")
+    correct(f"{len(_WAVES_CASES)} stages, including the session and the cluster of notebook 10")
 
 
 # --- 10.2 replication: is a write accepted? ------------------------------------------------
@@ -146,7 +143,7 @@ def _write_hint(got: bool, rf: int, isr: int, up: int, acks: int | str) -> str:
 
 def check_write_accepted(answer: Any) -> None:
     """Exercise 10.2: `write_accepted(replication_factor, min_insync_replicas, replicas_up, acks)`."""
-    _need(
+    need(
         callable(answer),
         "expected the function write_accepted(replication_factor, min_insync_replicas, replicas_up, "
         f"acks), got {type(answer).__name__}",
@@ -156,12 +153,12 @@ def check_write_accepted(answer: Any) -> None:
             f"replication factor {rf}, min.insync.replicas {isr}, {up} replica(s) up, "
             f"acks={acks} ({case})"
         )
-        got = _call(answer, what, rf, isr, up, acks)
-        _need(isinstance(got, bool), f"expected True or False, got {got!r} for {what}")
+        got = call_answer(answer, what, rf, isr, up, acks)
+        need(isinstance(got, bool), f"expected True or False, got {got!r} for {what}")
         expected = write_accepted(rf, isr, up, acks)
         if got != expected:
             verdict = "accepted" if expected else "refused"
             raise ExerciseError(
                 f"for {what} the write is {verdict}: {_write_hint(got, rf, isr, up, acks)}"
             )
-    _correct(f"{len(_WRITE_CASES)} cases, acks=all and acks=1")
+    correct(f"{len(_WRITE_CASES)} cases, acks=all and acks=1")

@@ -1,8 +1,8 @@
-"""Exercise checks for notebooks 04 onwards (event time, state, bad data), like `exercises`.
+"""Exercise checks of notebook 04, windows and watermarks: sliding windows, the events a
+watermark drops, and the job's first stateful step (de-duplication within the watermark) as a
+streaming query the learner writes.
 
-Same contract as `clickstream.exercises`: a check prints "✓ correct" or raises `ExerciseError`
-saying what is wrong and how to get closer; notebooks run exercises through `attempt`. The
-expected answers are computed here from the simulator's records with plain Python, never
+The expected answers are computed here from the simulator's records with plain Python, never
 with Spark or the streaming job, so a check is independent of the code it grades.
 """
 
@@ -13,13 +13,26 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from clickstream.exercises import ExerciseError, _as_utc, _correct, _need, attempt
+from clickstream.course.checks import (
+    ExerciseError,
+    as_utc,
+    attempt,
+    correct,
+    delay_hint,
+    need,
+    need_columns,
+    need_operator,
+    plan_text,
+    run_available_now,
+    streaming_answer,
+)
+from clickstream.course.truth import JobOutcome, job_outcome
 
 __all__ = [
-    "ExerciseError",
     "attempt",
     "check_dropped_events",
     "check_sliding_page_views",
+    "check_unique_events",
     "dropped_by_watermark",
     "sliding_counts",
 ]
@@ -49,18 +62,18 @@ def sliding_counts(event_times: Iterable[str], window_s: int, slide_s: int) -> d
 
 def check_sliding_page_views(answer: Any, arrivals, window_s: int = 60, slide_s: int = 30) -> None:
     """Exercise 04.1: {window_start: page views} in sliding windows of `window_s` every `slide_s`."""
-    _need(
+    need(
         isinstance(answer, Mapping),
         f"expected a dict {{window_start: count}}, got {type(answer).__name__}",
     )
     try:
-        got = {_as_utc(start): n for start, n in answer.items()}
+        got = {as_utc(start): n for start, n in answer.items()}
     except (TypeError, ValueError) as exc:
         raise ExerciseError(f"keys should be window starts (datetimes); ({exc})") from None
     views = [r.event["event_time"] for r in arrivals if r.event["event_type"] == "page_view"]
     expected = sliding_counts(views, window_s, slide_s)
     if got == expected:
-        _correct(
+        correct(
             f"{len(expected)} sliding windows; each page view counted in "
             f"{window_s // slide_s} of them"
         )
@@ -137,14 +150,14 @@ def _dropped_by_own_batch_watermark(arrivals, delay_s: float, batch_size: int) -
 
 def check_dropped_events(answer: Any, arrivals, delay_s: float, batch_size: int) -> None:
     """Exercise 04.2: the event ids the job's watermark (record rule) drops."""
-    _need(
+    need(
         isinstance(answer, (set, frozenset, list, tuple)),
         f"expected a set of event ids, got {type(answer).__name__}",
     )
     got = {str(x) for x in answer}
     expected = dropped_by_watermark(arrivals, delay_s, batch_size)
     if got == expected:
-        _correct(f"a {delay_s:g}-second watermark drops {len(expected)} events")
+        correct(f"a {delay_s:g}-second watermark drops {len(expected)} events")
         return
     if got == dropped_by_watermark(arrivals, delay_s, batch_size, window_s=60):
         hint = (
@@ -171,3 +184,85 @@ def check_dropped_events(answer: Any, arrivals, delay_s: float, batch_size: int)
     else:
         hint = "compare each event_time with the previous batch's watermark (late_if_before)"
     raise ExerciseError(f"{len(got)} ids given, {len(expected)} expected: {hint}.")
+
+
+# --- 04.3: de-duplication within the watermark, the job's first stateful step ------------
+
+
+def _deduplicated_plan(answer: Any) -> str:
+    """The plan of the learner's de-duplicated stream, once it has the operators needed."""
+    df = streaming_answer(answer, "the de-duplicated stream")
+    plan = plan_text(df)
+    need_operator(
+        plan,
+        ("EventTimeWatermark",),
+        "the plan has no watermark (EventTimeWatermark): call .withWatermark('event_ts', ...) "
+        "before de-duplicating",
+    )
+    need_operator(
+        plan,
+        ("StreamingDeduplicateWithinWatermark", "StreamingDeduplicate"),
+        "the plan has no de-duplication (StreamingDeduplicateWithinWatermark): call "
+        ".dropDuplicatesWithinWatermark(['event_id']) after the watermark",
+    )
+    need_columns(df, ("event_id",), "keep the event columns, at least event_id")
+    return plan
+
+
+def _unique_events_hint(
+    got: Counter,
+    batches: list[list],
+    outcome: JobOutcome,
+    plan: str,
+    delay_s: float,
+    batch_size: int,
+) -> str:
+    """What is wrong with the event ids `got`, compared with what the job keeps (`outcome`)."""
+    expected = [e["event_id"] for e in outcome.accepted]
+    hint = delay_hint(plan, delay_s)
+    extra = [i for i in outcome.late_ids if i in got]
+    missing = [i for i in expected if i not in got]
+    if hint is None and extra and "StreamingDeduplicateWithinWatermark" not in plan:
+        hint = (
+            "dropDuplicates(['event_id']) keeps every id forever and judges nothing late (its "
+            "key has no event time): use dropDuplicatesWithinWatermark(['event_id'])"
+        )
+    if hint is None and extra and len(extra) == len(outcome.late_ids):
+        data_batches = sum(1 for b in batches if b)
+        hint = (
+            f"it keeps all {len(extra)} events the job drops as late: read the topic in "
+            f"micro-batches of {batch_size} records (maxOffsetsPerTrigger), so that the "
+            f"watermark moves between them (your query ran {data_batches} batch(es) with rows)"
+        )
+    if hint is None and extra:
+        hint = f"{len(extra)} events the job drops as late are in yours, the first {extra[0]}"
+    if hint is None and missing:
+        hint = f"{len(missing)} events the job keeps are missing from yours, the first {missing[0]}"
+    if hint is None:
+        hint = f"{len(set(got) - set(expected))} event ids in yours are not events of the topic"
+    return hint
+
+
+def check_unique_events(answer: Any, arrivals, delay_s: float, batch_size: int) -> None:
+    """Exercise 04.3: a stream de-duplicated by event_id within a `delay_s`-second watermark,
+    read in micro-batches of `batch_size` records from one partition; in append mode it must
+    emit each event once, except those the watermark drops as late."""
+    plan = _deduplicated_plan(answer)
+    batches = run_available_now(answer.select("event_id"), "append")
+    got = Counter(row["event_id"] for batch in batches for row in batch)
+    outcome = job_outcome(arrivals, delay_s, batch_size)
+    expected = [e["event_id"] for e in outcome.accepted]
+    twice = [i for i, n in got.items() if n > 1]
+    if twice:
+        raise ExerciseError(
+            f"event {twice[0]} came out {got[twice[0]]} times: de-duplicate by event_id alone "
+            "(dropDuplicatesWithinWatermark(['event_id']))"
+        )
+    if set(got) == set(expected):
+        correct(
+            f"{len(expected)} events kept, {len(outcome.late_ids)} dropped as late and "
+            f"{len(outcome.duplicate_ids)} copies removed, as the job does"
+        )
+        return
+    hint = _unique_events_hint(got, batches, outcome, plan, delay_s, batch_size)
+    raise ExerciseError(f"the de-duplicated stream is not right yet: {hint}.")
