@@ -9,7 +9,12 @@ import subprocess
 import pytest
 
 from clickstream.config import get_settings
-from clickstream.errors import BrokerError, JarResolutionError, PortInUseError
+from clickstream.errors import (
+    BrokerError,
+    BrokerNotReachable,
+    JarResolutionError,
+    PortInUseError,
+)
 from clickstream.ingest.kafka_io import ensure_topic, message_count, read_all, send_all
 from clickstream.local.broker import LocalBroker, free_port
 from clickstream.processes import alive
@@ -82,6 +87,32 @@ def test_broker_that_fails_to_start_points_to_its_log(own_broker, monkeypatch):
     assert str(own_broker.log_file) in message
     assert "heap" in message.lower()  # the log's last lines are in the message
     assert own_broker.pid() is None
+
+
+def test_a_broker_advertising_an_unreachable_address_is_named_as_such(tmp_path, monkeypatch):
+    """A client that reaches the bootstrap port but not the address the broker advertises (a
+    container's name, say) is told that, not that no broker answered."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    port, external = free_port(), free_port()
+    b = LocalBroker(
+        get_settings(state_dir=tmp_path / "state", port=port),
+        listeners={"EXTERNAL": (external, "PLAINTEXT")},
+        properties={
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port},EXTERNAL://kafka-container:9092"
+        },
+    )
+    try:
+        b.up(echo=lambda m: None)  # its own listener answers
+        with pytest.raises(BrokerNotReachable) as err:
+            ensure_topic("advertised", bootstrap=f"127.0.0.1:{external}")
+        message = str(err.value)
+        assert f"Something accepts connections at 127.0.0.1:{external}" in message
+        assert "advertised.listeners" in message and "No Kafka broker answered" not in message
+        with pytest.raises(BrokerNotReachable) as err:  # nothing listens: the other message
+            ensure_topic("advertised", bootstrap=f"127.0.0.1:{free_port()}")
+        assert "No Kafka broker answered" in str(err.value)
+    finally:
+        b.down(echo=lambda m: None)
 
 
 def test_external_cluster_starts_nothing(bootstrap, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerNotReachable, ClickstreamError
@@ -16,9 +17,37 @@ def client_security() -> dict:
     return get_security().kafka_python()
 
 
-def unreachable(bootstrap: str) -> BrokerNotReachable:
+def _listening(bootstrap: str) -> list[str]:
+    """The addresses of `bootstrap` where something accepts TCP connections."""
+    from clickstream.ports import port_is_open
+
+    found = []
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        if port.isdigit() and port_is_open(host.strip("[]") or "127.0.0.1", int(port)):
+            found.append(address.strip())
+    return found
+
+
+def unreachable(bootstrap: str, last: BaseException | None = None) -> BrokerNotReachable:
+    """The error for a bootstrap address where no metadata request succeeded, saying which of
+    two different problems it is: nothing listens there, or something does but the broker it
+    leads to cannot be reached (a broker advertising an address this machine cannot resolve or
+    connect to, such as a container's name)."""
+    detail = f" (last error: {type(last).__name__}: {last})" if last else ""
+    listening = _listening(bootstrap)
+    if listening:
+        return BrokerNotReachable(
+            f"Something accepts connections at {', '.join(listening)}, but no Kafka metadata "
+            f"request succeeded{detail}. Either the client's security settings do not match "
+            "that listener (authentication failed, or TLS/SASL is on one side only: see the "
+            "KAFKA_SECURITY_PROTOCOL settings), or the broker advertises an address this machine "
+            "cannot reach (its advertised.listeners, e.g. a container's name such as "
+            "kafka:9092): make it advertise one reachable from here, such as localhost:PORT "
+            "for a container with a published port."
+        )
     return BrokerNotReachable(
-        f"No Kafka broker answered at {bootstrap}. Start the local one with "
+        f"No Kafka broker answered at {bootstrap}{detail}. Start the local one with "
         "`clickstream broker up`, or set KAFKA_BOOTSTRAP_SERVERS to a reachable cluster."
     )
 
@@ -44,8 +73,38 @@ def _admin(bootstrap: str):
             client_id="clickstream-admin",
             **client_security(),
         )
-    except _bootstrap_errors():
-        raise unreachable(bootstrap) from None
+    except _bootstrap_errors() as exc:
+        raise unreachable(bootstrap, exc) from None
+
+
+@contextmanager
+def admin_client(bootstrap: str) -> Iterator:
+    """A kafka-python admin client, closed afterwards. A broker that cannot be reached, at
+    bootstrap or later (the address it advertises), raises BrokerNotReachable saying which."""
+    admin = _admin(bootstrap)
+    try:
+        yield admin
+    except _bootstrap_errors() as exc:
+        raise unreachable(bootstrap, exc) from None
+    finally:
+        admin.close()
+
+
+def topic_exists(topic: str, bootstrap: str) -> bool:
+    """Whether the cluster at `bootstrap` has `topic` (BrokerNotReachable if none answers)."""
+    with admin_client(bootstrap) as admin:
+        return topic in admin.list_topics()
+
+
+def open_consumer(topic: str, bootstrap: str, **options):
+    """A kafka-python KafkaConsumer of `topic` with these options; BrokerNotReachable, which
+    names the fix, if no broker answers."""
+    from kafka import KafkaConsumer
+
+    try:
+        return KafkaConsumer(topic, bootstrap_servers=bootstrap, **options)
+    except _bootstrap_errors() as exc:
+        raise unreachable(bootstrap, exc) from None
 
 
 def ensure_topic(
@@ -60,8 +119,7 @@ def ensure_topic(
     from kafka.errors import TopicAlreadyExistsError
 
     bootstrap = bootstrap or get_settings().bootstrap_servers
-    admin = _admin(bootstrap)
-    try:
+    with admin_client(bootstrap) as admin:
         if topic in admin.list_topics():
             return False
         try:
@@ -72,8 +130,6 @@ def ensure_topic(
             return False
         _wait_for_leaders(admin, topic)
         return True
-    finally:
-        admin.close()
 
 
 def _wait_for_leaders(admin, topic: str, timeout_s: float = 30) -> None:
@@ -94,8 +150,7 @@ def _wait_for_leaders(admin, topic: str, timeout_s: float = 30) -> None:
 def delete_topic(topic: str, bootstrap: str | None = None) -> bool:
     """Delete `topic` if it exists (and wait until it is gone). True if it existed."""
     bootstrap = bootstrap or get_settings().bootstrap_servers
-    admin = _admin(bootstrap)
-    try:
+    with admin_client(bootstrap) as admin:
         if topic not in admin.list_topics():
             return False
         admin.delete_topics([topic])
@@ -106,8 +161,6 @@ def delete_topic(topic: str, bootstrap: str | None = None) -> bool:
             interval_s=0.2,
         )
         return True
-    finally:
-        admin.close()
 
 
 def topic_offsets(topic: str, bootstrap: str | None = None) -> dict[int, tuple[int, int]]:
@@ -135,12 +188,9 @@ def message_count(topic: str, bootstrap: str | None = None) -> int:
 
 def describe_topics(bootstrap: str, include_internal: bool = False) -> dict[str, dict]:
     """{topic: {"partitions": n, "messages": n}} for every topic on the cluster."""
-    admin = _admin(bootstrap)
-    try:
+    with admin_client(bootstrap) as admin:
         names = sorted(t for t in admin.list_topics() if include_internal or not t.startswith("__"))
         described = admin.describe_topics(names) if names else []
-    finally:
-        admin.close()
     out = {}
     for item in described:
         name = item.get("name") or item.get("topic")
@@ -192,8 +242,8 @@ def make_producer(bootstrap: str | None = None, **overrides):
     bootstrap = bootstrap or get_settings().bootstrap_servers
     try:
         return KafkaProducer(**{**client_security(), **producer_config(bootstrap, **overrides)})
-    except _bootstrap_errors():
-        raise unreachable(bootstrap) from None
+    except _bootstrap_errors() as exc:
+        raise unreachable(bootstrap, exc) from None
 
 
 def send_all(
