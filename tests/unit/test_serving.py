@@ -177,6 +177,18 @@ def test_the_ledger_keeps_the_newest_batches_and_knows_older_ones_were_applied(
         assert store.write_batch("other", 0, {"traffic": [traffic(1, "search", 1)]})
 
 
+def test_ledger_rows_added_in_bulk_count_as_applied_batches(store_url):
+    rows = [{"job": "old", "batch_id": b, "committed_at": 1000.0 + b} for b in range(2000)]
+    with open_store(store_url) as store:
+        store.add_ledger_rows(iter(rows))
+        assert store.last_batch("old") == 1999
+        assert not store.write_batch("old", 0, {"traffic": [traffic(0, "page_view", 1)]})
+        assert not store.write_batch("old", 1999, {"traffic": [traffic(0, "page_view", 1)]})
+        assert store.read("traffic") == []
+        assert store.write_batch("old", 2000, {"traffic": [traffic(0, "page_view", 1)]})
+        assert store.last_batch("other") is None
+
+
 def test_two_redis_writers_of_the_same_batch_apply_it_once(redis_url):
     import threading
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 from clickstream.bench.machine import machine_info, machine_line
 from clickstream.dashboard import data as dd
 from clickstream.redact import redact_url
-from clickstream.serve.store import HEALTH_COLUMNS, Store, open_store
+from clickstream.serve.store import Store, open_store
 from clickstream.times import iso
 
 END = "2026-11-28T00:00:00Z"  # the filled history ends here; new batches come after it
@@ -172,33 +173,10 @@ def fill_ledger(store: Store, batches: int, job: str = "bench-history") -> None:
     `serving.KEEP_BATCHES` per job): the no-change refresh must find the newest batch among
     them as fast as among a few."""
     before = time.time() - batches - 3600
-    rows = [
+    store.add_ledger_rows(
         {"job": job, "batch_id": i, "committed_at": before + i, "input_rows": 1}
         for i in range(batches)
-    ]
-    kind = type(store).__name__
-    if kind == "SQLiteStore":
-        with store.conn:
-            store.conn.executemany(
-                f"INSERT OR IGNORE INTO batches ({', '.join(HEALTH_COLUMNS)}) "
-                f"VALUES ({', '.join('?' for _ in HEALTH_COLUMNS)})",
-                (tuple(r.get(c) for c in HEALTH_COLUMNS) for r in rows),
-            )
-    elif kind == "PostgresStore":
-        cols = ", ".join(HEALTH_COLUMNS)
-        with (
-            store.conn.transaction(),
-            store.conn.cursor() as cur,
-            cur.copy(f"COPY {store._t('batches')} ({cols}) FROM STDIN") as copy,
-        ):
-            for r in rows:
-                copy.write_row(tuple(r.get(c) for c in HEALTH_COLUMNS))
-    elif kind == "RedisStore":
-        key = store._k("batches", job)
-        for i in range(0, batches, 50_000):
-            store.r.zadd(key, {str(b): b for b in range(i, min(batches, i + 50_000))})
-    else:  # pragma: no cover - every store is above
-        raise TypeError(f"no bulk ledger fill for {kind}")
+    )
 
 
 @dataclass
@@ -276,6 +254,96 @@ class BenchResult:
         }
 
 
+@contextmanager
+def _scratch_store_url(store_url: str | None) -> Iterator[str]:
+    """`store_url`, or without one a temporary SQLite store's, removed at the end."""
+    if store_url is not None:
+        yield store_url
+        return
+    with tempfile.TemporaryDirectory(prefix="clickstream-bench-") as tmp:
+        yield f"sqlite:///{Path(tmp) / 'serving.db'}"
+
+
+def _fill_history(
+    writer: Store, minutes: int, ledger_batches: int, say: Callable[[str], None]
+) -> tuple[int, float]:
+    """`fill` and `fill_ledger`; the rows written and the seconds both took."""
+    started = time.perf_counter()
+    hours = max(1, minutes // 60)
+    rows = fill(
+        writer,
+        minutes,
+        progress=lambda done: (
+            done % (24 * 60) == 0 and say(f"  {done // 60} of {hours} hours written")
+        ),
+    )
+    fill_ledger(writer, ledger_batches)
+    return rows, time.perf_counter() - started
+
+
+class _Refreshes:
+    """The timed refreshes of one run, into `result`: `writer` adds the batches, the
+    dashboard's refreshes read through `reader`."""
+
+    def __init__(self, writer: Store, reader: Store, result: BenchResult, repeats: int, figures):
+        self.writer, self.reader, self.result = writer, reader, result
+        self.repeats, self.figures = repeats, figures
+        self.shape = _Shape()
+        self.next_minute = 0
+        self.snap: dd.Snapshot | None = None  # what the page holds
+
+    def before(self, label: str, span: int) -> None:
+        """The reference: the range's refresh without rollups or merging."""
+        before = []
+        for _ in range(BEFORE_REPEATS if span >= 360 else self.repeats):
+            t0 = time.perf_counter()
+            dd.load_snapshot(self.reader, minutes=span, rollups=False)
+            before.append((time.perf_counter() - t0) * 1000)
+        self.result.before_ms[label] = before
+
+    def add_batch(self) -> None:
+        """The next minute of every metric, as a batch of the live job (untimed)."""
+        m = self.next_minute
+        until = iso(dd.to_datetime(END) + timedelta(minutes=m + 1))
+        self.writer.write_batch("live", m, minute_rows(self.shape, m), health=_health(until, 600))
+        self.next_minute += 1
+
+    def after_new_batches(self, label: str, span: int) -> None:
+        """A batch, then the timed refresh (with the charts when `figures` is given), `repeats`
+        times, starting from what the page holds when it opens."""
+        snap = dd.load_snapshot(self.reader, minutes=span)
+        data, total = [], []
+        for _ in range(self.repeats):
+            self.add_batch()
+            t0 = time.perf_counter()
+            snap = dd.load_snapshot(self.reader, minutes=span, previous=snap)
+            t1 = time.perf_counter()
+            if self.figures is not None:
+                self.figures(snap)
+            t2 = time.perf_counter()
+            assert snap.incremental, "a new batch should only re-read what it touched"
+            data.append((t1 - t0) * 1000)
+            total.append((t2 - t0) * 1000)
+        result = self.result
+        result.timings_ms[f"new batch, range {label}: data"] = data
+        if self.figures is not None:
+            result.timings_ms[f"new batch, range {label}: data + charts"] = total
+        result.grains[label] = snap.range.grain_min
+        result.rows_read[label] = sum(snap.rows_read.values())
+        result.reads = snap.reads
+        self.snap = snap
+
+    def without_new_batch(self) -> None:
+        """The refresh when no batch has landed: one query for the newest batch."""
+        idle = []
+        for _ in range(self.repeats):
+            t0 = time.perf_counter()
+            if self.snap is not None and dd.change_marker(self.reader) == self.snap.marker:
+                dd.with_freshness(self.snap)
+            idle.append((time.perf_counter() - t0) * 1000)
+        self.result.timings_ms["no new batch (any range)"] = idle
+
+
 def bench_refresh(
     store_url: str | None = None,
     minutes: int = 7 * 1440,
@@ -292,74 +360,20 @@ def bench_refresh(
     history are left out.
     """
     say = progress or (lambda text: None)
-    tmp = None
-    if store_url is None:
-        tmp = tempfile.TemporaryDirectory(prefix="clickstream-bench-")
-        store_url = f"sqlite:///{Path(tmp.name) / 'serving.db'}"
-    try:
-        writer = open_store(store_url)
+    with _scratch_store_url(store_url) as url, open_store(url) as writer:
         writer.reset()
-        started = time.perf_counter()
-        hours = max(1, minutes // 60)
-        rows = fill(
-            writer,
-            minutes,
-            progress=lambda done: (
-                done % (24 * 60) == 0 and say(f"  {done // 60} of {hours} hours written")
-            ),
-        )
-        fill_ledger(writer, ledger_batches)
-        fill_s = time.perf_counter() - started
-        reader = open_store(store_url, readonly=True)
-        shape = _Shape()
-        shown = redact_url(store_url)  # printed and in the JSON: never a password
-        result = BenchResult(shown, minutes, rows, ledger_batches, fill_s, {}, {})
-        next_minute = 0
-        snap = None
-        for label in ranges:
-            span = dd.TIME_RANGES[label]
-            if span > minutes:
-                continue
-            say(f"  range {label}...")
-            before = []
-            for _ in range(BEFORE_REPEATS if span >= 360 else repeats):
-                t0 = time.perf_counter()
-                dd.load_snapshot(reader, minutes=span, rollups=False)
-                before.append((time.perf_counter() - t0) * 1000)
-            result.before_ms[label] = before
-            snap = dd.load_snapshot(reader, minutes=span)  # what the page holds when it opens
-            data, total = [], []
-            for _ in range(repeats):
-                new = minute_rows(shape, next_minute)
-                until = iso(dd.to_datetime(END) + timedelta(minutes=next_minute + 1))
-                writer.write_batch("live", next_minute, new, health=_health(until, 600))
-                next_minute += 1
-                t0 = time.perf_counter()
-                snap = dd.load_snapshot(reader, minutes=span, previous=snap)
-                t1 = time.perf_counter()
-                if figures is not None:
-                    figures(snap)
-                t2 = time.perf_counter()
-                assert snap.incremental, "a new batch should only re-read what it touched"
-                data.append((t1 - t0) * 1000)
-                total.append((t2 - t0) * 1000)
-            result.timings_ms[f"new batch, range {label}: data"] = data
-            if figures is not None:
-                result.timings_ms[f"new batch, range {label}: data + charts"] = total
-            result.grains[label] = snap.range.grain_min
-            result.rows_read[label] = sum(snap.rows_read.values())
-            result.reads = snap.reads
-        idle = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            if snap is not None and dd.change_marker(reader) == snap.marker:
-                dd.with_freshness(snap)
-            idle.append((time.perf_counter() - t0) * 1000)
-        result.timings_ms["no new batch (any range)"] = idle
-        result.machine = machine_line(machine_info())
-        reader.close()
-        writer.close()
-        return result
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+        rows, fill_s = _fill_history(writer, minutes, ledger_batches, say)
+        with open_store(url, readonly=True) as reader:
+            shown = redact_url(url)  # printed and in the JSON: never a password
+            result = BenchResult(shown, minutes, rows, ledger_batches, fill_s, {}, {})
+            refreshes = _Refreshes(writer, reader, result, repeats, figures)
+            for label in ranges:
+                span = dd.TIME_RANGES[label]
+                if span > minutes:
+                    continue
+                say(f"  range {label}...")
+                refreshes.before(label, span)
+                refreshes.after_new_batches(label, span)
+            refreshes.without_new_batch()
+            result.machine = machine_line(machine_info())
+    return result

@@ -17,6 +17,8 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from clickstream.bench.machine import machine_info, machine_line
@@ -284,6 +286,103 @@ def measure_java(
     )
 
 
+@contextmanager
+def local_broker_for_bench(settings: Settings, echo, starting: str) -> Iterator[None]:
+    """The local broker for a benchmark: started (saying `starting`) if the settings name it
+    and it is not running, and then stopped again at the end; an external cluster is left as is."""
+    from clickstream.local.broker import LocalBroker
+
+    local = LocalBroker(settings)
+    if settings.is_external or local.is_running():
+        yield
+        return
+    echo(starting)
+    local.up(echo=echo)
+    try:
+        yield
+    finally:
+        local.down(echo=echo)
+
+
+@dataclass
+class _Topics:
+    """The run's fresh topics, one per client, deleted together at the end."""
+
+    bootstrap: str
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    names: list[str] = field(default_factory=list)
+
+    def fresh(self, client: str) -> str:
+        from clickstream.ingest.kafka_io import ensure_topic
+
+        name = f"clickstream-bench-{self.run_id}-{client}"
+        self.names.append(name)
+        ensure_topic(name, partitions=PARTITIONS, bootstrap=self.bootstrap)
+        return name
+
+    def delete(self, echo) -> None:
+        from clickstream.ingest.kafka_io import delete_topic
+
+        for name in self.names:
+            try:
+                delete_topic(name, self.bootstrap)
+            except ClickstreamError:
+                echo(f"could not delete benchmark topic {name}; delete it by hand")
+
+
+@dataclass
+class _Measured:
+    """What the measurements of one run gathered, in the order they ran."""
+
+    figures: list[Figure] = field(default_factory=list)
+    value_size: float = 0.0
+    key_size: float = 0.0
+    where: dict = field(default_factory=dict)
+    profile: list[dict] = field(default_factory=list)
+
+
+def _measure_all(settings: Settings, config, topics: _Topics, profile: bool, echo) -> _Measured:
+    """(d), then (a) and (b) for each installed client, then (c); (d) is listed last."""
+    from clickstream.source.producer import BACKENDS
+
+    run = _Measured()
+    gen, run.value_size, run.key_size = measure_generation(config)
+    echo(f"{gen.label}: {gen.rate:,.0f} events/s")
+    for backend in BACKENDS:
+        if backend == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+            echo("confluent-kafka is not installed (pip install -e '.[fast]'): skipping (b)")
+            continue
+        fig, cpu, _ = measure_ours(backend, config, topics.fresh(backend), topics.bootstrap)
+        run.figures.append(fig)
+        echo(f"{fig.label}: {fig.rate:,.0f} events/s, {fig.landed:,} landed")
+        if backend == "kafka-python":
+            run.where = {**cpu, "generation_cpu_s": gen.detail["cpu_s"]}
+    record_size = max(1, round(run.value_size))
+    java = measure_java(settings, config.count, record_size, topics.fresh("java"), topics.bootstrap)
+    run.figures.append(java)
+    echo(f"{java.label}: {java.rate:,.0f} events/s, {java.landed:,} landed")
+    run.figures.append(gen)
+    if profile:
+        echo("profiling the kafka-python run (a separate, slower run; not a figure)...")
+        _, _, run.profile = measure_ours(
+            "kafka-python", config, topics.fresh("profile"), topics.bootstrap, profile=True
+        )
+    return run
+
+
+def _client_settings(figures: list[Figure], bootstrap: str) -> dict:
+    """Each client's settings as measured, for the report."""
+    return {
+        "ours, kafka-python": _fmt(figures, "kafka-python"),
+        "ours, confluent-kafka": _fmt(figures, "confluent"),
+        "ProducerPerformance": " ".join(
+            f"{k}={v}"
+            for k, v in java_producer_props(bootstrap).items()
+            if k not in ("bootstrap.servers", "client.id")
+        ),
+    }
+
+
 def bench_produce(
     settings: Settings | None = None,
     count: int = 200_000,
@@ -293,91 +392,38 @@ def bench_produce(
     echo=print,
 ) -> ProduceBench:
     """Run (d), (a), (b), (c) against one broker; start the local one if needed (then stop it)."""
-    from clickstream.ingest.kafka_io import delete_topic, ensure_topic
-    from clickstream.local.broker import LocalBroker
-    from clickstream.source.producer import BACKENDS
     from clickstream.source.simulator import SimConfig
 
     if count < 1:
         raise BenchError(f"--count {count}: give at least 1 event.")
     settings = (settings or get_settings()).with_(external_bootstrap=bootstrap)
     bootstrap = settings.bootstrap_servers
-    local = LocalBroker(settings)
-    started_broker = False
     if settings.is_external:
         broker = f"{bootstrap} (external cluster)"
     else:
         broker = f"local Kafka {settings.kafka_version} at {bootstrap}"
-        if not local.is_running():
-            echo(
-                "The local broker is not running: starting it for the benchmark (it is stopped "
-                "again at the end)."
-            )
-            local.up(echo=echo)
-            started_broker = True
-    run_id = uuid.uuid4().hex[:8]
-    topics: list[str] = []
-
-    def fresh_topic(client: str) -> str:
-        name = f"clickstream-bench-{run_id}-{client}"
-        topics.append(name)
-        ensure_topic(name, partitions=PARTITIONS, bootstrap=bootstrap)
-        return name
-
-    machine = machine_info(settings, "external cluster" if settings.is_external else None)
-    config = SimConfig(seed=seed, count=count)
-    figures: list[Figure] = []
-    where: dict = {}
-    top: list[dict] = []
-    try:
-        gen, value_size, key_size = measure_generation(config)
-        echo(f"{gen.label}: {gen.rate:,.0f} events/s")
-        record_size = max(1, round(value_size))
-        for backend in BACKENDS:
-            if backend == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
-                echo("confluent-kafka is not installed (pip install -e '.[fast]'): skipping (b)")
-                continue
-            fig, cpu, _ = measure_ours(backend, config, fresh_topic(backend), bootstrap)
-            figures.append(fig)
-            echo(f"{fig.label}: {fig.rate:,.0f} events/s, {fig.landed:,} landed")
-            if backend == "kafka-python":
-                where = {**cpu, "generation_cpu_s": gen.detail["cpu_s"]}
-        java = measure_java(settings, count, record_size, fresh_topic("java"), bootstrap)
-        figures.append(java)
-        echo(f"{java.label}: {java.rate:,.0f} events/s, {java.landed:,} landed")
-        figures.append(gen)
-        if profile:
-            echo("profiling the kafka-python run (a separate, slower run; not a figure)...")
-            _, _, top = measure_ours(
-                "kafka-python", config, fresh_topic("profile"), bootstrap, profile=True
-            )
-    finally:
-        for name in topics:
-            try:
-                delete_topic(name, bootstrap)
-            except ClickstreamError:
-                echo(f"could not delete benchmark topic {name}; delete it by hand")
-        if started_broker:
-            local.down(echo=echo)
+    starting = (
+        "The local broker is not running: starting it for the benchmark (it is stopped "
+        "again at the end)."
+    )
+    topics = _Topics(bootstrap)
+    with local_broker_for_bench(settings, echo, starting):
+        machine = machine_info(settings, "external cluster" if settings.is_external else None)
+        try:
+            run = _measure_all(settings, SimConfig(seed=seed, count=count), topics, profile, echo)
+        finally:
+            topics.delete(echo)
     return ProduceBench(
         count=count,
-        record_size=value_size,
-        key_size=key_size,
+        record_size=run.value_size,
+        key_size=run.key_size,
         bootstrap=bootstrap,
         broker=broker,
         machine=machine,
-        settings={
-            "ours, kafka-python": _fmt(figures, "kafka-python"),
-            "ours, confluent-kafka": _fmt(figures, "confluent"),
-            "ProducerPerformance": " ".join(
-                f"{k}={v}"
-                for k, v in java_producer_props(bootstrap).items()
-                if k not in ("bootstrap.servers", "client.id")
-            ),
-        },
-        figures=figures,
-        where_time_goes=where,
-        profile=top,
+        settings=_client_settings(run.figures, bootstrap),
+        figures=run.figures,
+        where_time_goes=run.where,
+        profile=run.profile,
     )
 
 

@@ -104,24 +104,119 @@ def preload(topic: str, bootstrap: str, count: int, seed: int, echo) -> None:
     produce(generated_in_background(config), topic, bootstrap, progress=False, total=count)
 
 
-def _read_parse_seconds(spark, topic: str, bootstrap: str, per_batch: int, checkpoint: Path):
+@dataclass
+class _Scene:
+    """What the measurements of one run share: the session, the pre-loaded topic, the records
+    per batch and a scratch directory."""
+
+    spark: object
+    topic: str
+    bootstrap: str
+    per_batch: int
+    work: Path
+
+
+def _read_parse_seconds(scene: _Scene, checkpoint: str) -> float:
+    """(a): the seconds a bare read of the topic with `from_json` into the noop sink takes."""
     from pyspark.sql import functions as F
 
     from clickstream.events import spark_schema
     from clickstream.process import pipeline as P
 
-    raw = P.read_kafka(spark, topic, bootstrap, max_offsets_per_trigger=per_batch)
+    raw = P.read_kafka(
+        scene.spark, scene.topic, scene.bootstrap, max_offsets_per_trigger=scene.per_batch
+    )
     parsed = raw.select(F.from_json(F.col("value").cast("string"), spark_schema()).alias("e"))
     started = time.monotonic()
     query = (
         parsed.select("e.*")
         .writeStream.format("noop")
-        .option("checkpointLocation", str(checkpoint))
+        .option("checkpointLocation", str(scene.work / checkpoint))
         .trigger(availableNow=True)
         .start()
     )
     query.awaitTermination()
     return time.monotonic() - started
+
+
+@dataclass
+class _JobRuns:
+    """(b): the job's two runs over the topic, and what its last run reported."""
+
+    first_s: float
+    warm_s: float
+    batches: int
+    state_operators: list[dict]
+
+
+def _run_job_twice(scene: _Scene, echo) -> _JobRuns:
+    """The job with --available-now, twice, each on a fresh checkpoint and store: the first run
+    pays for the JVM's first compilation of the job's code paths, the second is the job on a
+    warm JVM, as (a) is."""
+    from clickstream.process.stream import StreamConfig, StreamJob
+
+    runs = []
+    for n, label in enumerate(("first run", "again, warm")):
+        echo(f"(b) clickstream stream --available-now, {label}...")
+        config = StreamConfig.create(
+            topic=scene.topic,
+            bootstrap_servers=scene.bootstrap,
+            store_url=f"sqlite:///{scene.work / f'serving{n}.db'}",
+            checkpoint=scene.work / f"b{n}",
+            max_offsets_per_trigger=scene.per_batch,
+            alerts_topic="",
+            quarantine_topic=f"{scene.topic}_quarantine",
+            available_now=True,
+        )
+        job = StreamJob(config, spark=scene.spark)
+        started = time.monotonic()
+        handle = job.start()
+        handle.await_termination()
+        runs.append(time.monotonic() - started)
+    ops = [op for q in handle.queries for op in (q.lastProgress or {}).get("stateOperators", [])]
+    return _JobRuns(runs[0], runs[1], job.summary.batches, ops)
+
+
+def _send_at_rate(producer, topic: str, items, rate: float) -> tuple[list[float], float]:
+    """Send `items` evenly at `rate` events/s; return when each was sent and the rate achieved."""
+    sent: list[float] = []
+    began = time.monotonic()
+    for i, (key, value, _) in enumerate(items):
+        due = began + i / rate
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        producer.send(topic, key=key, value=value)
+        sent.append(time.time())
+    producer.flush()
+    return sent, len(sent) / (time.monotonic() - began)
+
+
+def _committed_batches(store_url: str, count: int, rate: float) -> list[dict]:
+    """The job's batches, oldest first, once the store has counted all `count` records."""
+    from clickstream.process.stream import JOB
+    from clickstream.serve.store import open_store
+
+    with open_store(store_url) as store:
+        wait_until(
+            lambda: int(store.counters().get("records", 0)) >= count,
+            60,
+            f"the job to count all {count:,} records sent at {rate:,.0f} events/s",
+            interval_s=0.2,
+        )
+        return sorted(store.health(JOB, limit=100_000), key=lambda h: h["batch_id"])
+
+
+def _send_to_commit(batches: list[dict], sent: list[float]) -> list[float]:
+    """Each record's latency from its send to the commit of the batch holding it: the k-th
+    record sent is in the first batch whose cumulative input reaches k + 1."""
+    latencies, seen, i = [], 0, 0
+    for h in batches:
+        seen += h["input_rows"] or 0
+        while i < min(seen, len(sent)):
+            latencies.append(max(0.0, h["committed_at"] - sent[i]))
+            i += 1
+    return latencies
 
 
 def live_latencies(
@@ -130,18 +225,16 @@ def live_latencies(
     """Run the job continuously while producing `rate` events/s for `seconds`; return each
     event's send-to-commit latency and the rate achieved."""
     from clickstream.ingest.kafka_io import delete_topic, ensure_topic, make_producer
-    from clickstream.process.stream import JOB, StreamConfig, StreamJob
-    from clickstream.serve.store import open_store
+    from clickstream.process.stream import StreamConfig, StreamJob
     from clickstream.source.producer import simulated_records
     from clickstream.source.simulator import SimConfig
 
     topic = f"bench_live_{uuid.uuid4().hex[:8]}"
     ensure_topic(topic, partitions=3, bootstrap=bootstrap)
-    store_url = f"sqlite:///{work / 'live.db'}"
     config = StreamConfig.create(
         topic=topic,
         bootstrap_servers=bootstrap,
-        store_url=store_url,
+        store_url=f"sqlite:///{work / 'live.db'}",
         checkpoint=work / "live",
         alerts_topic="",
         quarantine_topic=f"{topic}_quarantine",
@@ -149,7 +242,6 @@ def live_latencies(
     )
     handle = StreamJob(config, spark=spark).start()
     count = int(rate * seconds)
-    sent: list[float] = []
     try:
         time.sleep(5)  # the queries' first (empty) batches
         echo(f"(c) live: {count:,} events at {rate:,.0f} events/s...")
@@ -157,37 +249,14 @@ def live_latencies(
         items = simulated_records(
             SimConfig(seed=7, count=count, start=_now_iso()), with_times=False
         )
-        began = time.monotonic()
-        for i, (key, value, _) in enumerate(items):
-            due = began + i / rate
-            pause = due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            producer.send(topic, key=key, value=value)
-            sent.append(time.time())
-        producer.flush()
-        achieved = count / (time.monotonic() - began)
-        with open_store(store_url) as store:
-            wait_until(
-                lambda: int(store.counters().get("records", 0)) >= count,
-                60,
-                f"the job to count all {count:,} records sent at {rate:,.0f} events/s",
-                interval_s=0.2,
-            )
-            health = sorted(store.health(JOB, limit=100_000), key=lambda h: h["batch_id"])
+        sent, achieved = _send_at_rate(producer, topic, items, rate)
+        batches = _committed_batches(config.store_url, count, rate)
         producer.close()
     finally:
         handle.stop()
         for name in (topic, config.quarantine_topic):
             delete_topic(name, bootstrap)
-    # The k-th record sent is in the first batch whose cumulative input reaches k + 1.
-    latencies, seen, i = [], 0, 0
-    for h in health:
-        seen += h["input_rows"] or 0
-        while i < min(seen, len(sent)):
-            latencies.append(max(0.0, h["committed_at"] - sent[i]))
-            i += 1
-    return latencies, achieved
+    return _send_to_commit(batches, sent), achieved
 
 
 def _now_iso() -> str:
@@ -209,79 +278,41 @@ def bench_stream(
     echo=lambda message: None,
 ) -> StreamBench:
     """Measure (a), (b) and (c) (see the module docstring)."""
+    from clickstream.bench.produce import local_broker_for_bench
     from clickstream.ingest.kafka_io import delete_topic
-    from clickstream.local.broker import LocalBroker
     from clickstream.process.spark import get_spark
-    from clickstream.process.stream import StreamConfig, StreamJob
 
     bootstrap = settings.bootstrap_servers
-    local = LocalBroker(settings)
-    started_broker = False
-    if not settings.is_external and not local.is_running():
-        echo("The local broker is not running: starting it (it is stopped again at the end).")
-        local.up(echo=echo)
-        started_broker = True
+    starting = "The local broker is not running: starting it (it is stopped again at the end)."
     topic = f"bench_stream_{uuid.uuid4().hex[:8]}"
-    try:
-        preload(topic, bootstrap, count, seed, echo)
-        spark = get_spark("clickstream-bench-stream", master=master, settings=settings)
-        shuffle = spark.conf.get("spark.sql.shuffle.partitions")
-        with tempfile.TemporaryDirectory(prefix="clickstream-bench-") as tmp:
-            work = Path(tmp)
-            echo("(a) Spark read + from_json into the noop sink...")
-            first = _read_parse_seconds(
-                spark, topic, bootstrap, max_offsets_per_trigger, work / "a1"
-            )
-            # Twice, each on a fresh checkpoint and store: the first run pays for the JVM's
-            # first compilation of the job's code paths, the second is the job on a warm JVM,
-            # as (a) is.
-            runs = []
-            for n, label in enumerate(("first run", "again, warm")):
-                echo(f"(b) clickstream stream --available-now, {label}...")
-                config = StreamConfig.create(
-                    topic=topic,
-                    bootstrap_servers=bootstrap,
-                    store_url=f"sqlite:///{work / f'serving{n}.db'}",
-                    checkpoint=work / f"b{n}",
-                    max_offsets_per_trigger=max_offsets_per_trigger,
-                    alerts_topic="",
-                    quarantine_topic=f"{topic}_quarantine",
-                    available_now=True,
-                )
-                job = StreamJob(config, spark=spark)
-                started = time.monotonic()
-                handle = job.start()
-                handle.await_termination()
-                runs.append(time.monotonic() - started)
-            first_job_s, job_s = runs
-            ops = [
-                op
-                for q in handle.queries
-                for op in (q.lastProgress or {}).get("stateOperators", [])
-            ]
-            batches = job.summary.batches
-            echo("(a) again...")
-            second = _read_parse_seconds(
-                spark, topic, bootstrap, max_offsets_per_trigger, work / "a2"
-            )
-            latencies, achieved = ([], 0.0)
-            if live_seconds > 0:
-                latencies, achieved = live_latencies(
-                    spark, bootstrap, work, live_rate, live_seconds, echo
-                )
-    finally:
-        delete_topic(topic, bootstrap)
-        delete_topic(f"{topic}_quarantine", bootstrap)
-        if started_broker:
-            local.down(echo=echo)
+    with local_broker_for_bench(settings, echo, starting):
+        try:
+            preload(topic, bootstrap, count, seed, echo)
+            spark = get_spark("clickstream-bench-stream", master=master, settings=settings)
+            shuffle = spark.conf.get("spark.sql.shuffle.partitions")
+            with tempfile.TemporaryDirectory(prefix="clickstream-bench-") as tmp:
+                scene = _Scene(spark, topic, bootstrap, max_offsets_per_trigger, Path(tmp))
+                echo("(a) Spark read + from_json into the noop sink...")
+                first = _read_parse_seconds(scene, "a1")
+                job = _run_job_twice(scene, echo)
+                echo("(a) again...")
+                second = _read_parse_seconds(scene, "a2")
+                latencies, achieved = ([], 0.0)
+                if live_seconds > 0:
+                    latencies, achieved = live_latencies(
+                        spark, bootstrap, scene.work, live_rate, live_seconds, echo
+                    )
+        finally:
+            delete_topic(topic, bootstrap)
+            delete_topic(f"{topic}_quarantine", bootstrap)
     return StreamBench(
         events=count,
         read_parse_s=statistics.mean([first, second]),
-        job_s=job_s,
-        first_job_s=first_job_s,
-        batches=batches,
-        state_rows=sum(op["numRowsTotal"] for op in ops),
-        state_memory_bytes=sum(op["memoryUsedBytes"] for op in ops),
+        job_s=job.warm_s,
+        first_job_s=job.first_s,
+        batches=job.batches,
+        state_rows=sum(op["numRowsTotal"] for op in job.state_operators),
+        state_memory_bytes=sum(op["memoryUsedBytes"] for op in job.state_operators),
         machine=machine_info(settings),
         latencies=latencies,
         live_rate=achieved,

@@ -924,17 +924,7 @@ def load_snapshot(
     snap.health = health_summary(health_rows, now=now)
     snap.health_rows = health_rows
     snap.marker = _marker(every_job)
-    small = {name: read(name) for name in ("quarantine", "counters", "alerts")}
-    snap.small = small
-    if previous is not None and previous.small == small:  # unchanged: its frames still hold
-        snap.quarantine, snap.quality = previous.quarantine, previous.quality
-        snap.alerts, snap.open_alerts = previous.alerts, previous.open_alerts
-    else:
-        snap.quarantine = quarantine_frame(small["quarantine"])
-        counters = {r["name"]: r["value"] for r in small["counters"]}
-        snap.quality = quality(snap.quarantine, counters)
-        snap.alerts = alerts_frame(small["alerts"])
-        snap.open_alerts = open_alerts(snap.alerts)
+    _add_small_tables(snap, read, previous)
     max_event_time = latest_event_time(health_rows)
     found = newest_window(store, hint=max_event_time, read=read)
     if found is None:
@@ -944,8 +934,31 @@ def load_snapshot(
     snap.range = tr
     span = changed_span(previous, tr, every_job)
     snap.incremental = span is not None
-    held = range_rows(read, tr, filters, previous, span)
-    snap.held = held
+    snap.held = range_rows(read, tr, filters, previous, span)
+    _add_range_panels(snap, read, max_event_time)
+    return snap
+
+
+def _add_small_tables(snap: Snapshot, read: _Reader, previous: Snapshot | None) -> None:
+    """Quarantine, counters and alerts, read in full (they are small); their frames are those
+    of `previous` when nothing in them changed."""
+    small = {name: read(name) for name in ("quarantine", "counters", "alerts")}
+    snap.small = small
+    if previous is not None and previous.small == small:  # unchanged: its frames still hold
+        snap.quarantine, snap.quality = previous.quarantine, previous.quality
+        snap.alerts, snap.open_alerts = previous.alerts, previous.open_alerts
+        return
+    snap.quarantine = quarantine_frame(small["quarantine"])
+    counters = {r["name"]: r["value"] for r in small["counters"]}
+    snap.quality = quality(snap.quarantine, counters)
+    snap.alerts = alerts_frame(small["alerts"])
+    snap.open_alerts = open_alerts(snap.alerts)
+
+
+def _add_range_panels(snap: Snapshot, read: _Reader, max_event_time: datetime | None) -> None:
+    """Every panel of the time range, from the rows `snap.held` keeps (with rollups, the
+    headline reads the last few windows of the job's own length too)."""
+    held, tr = snap.held, snap.range
     traffic = traffic_frame(held["traffic"].rows())
     active = active_users_frame(held["active_users"].rows())
     errors = errors_frame(held["errors"].rows())
@@ -972,10 +985,9 @@ def load_snapshot(
     else:
         snap.headline = headline(traffic, active, errors, funnel, tr, max_event_time)
         snap.sessions = sessions_summary(held["sessions"].rows())
-    snap.products = top_products_of(held["products"].totals, sort_by=product_sort)
+    snap.products = top_products_of(held["products"].totals, sort_by=snap.product_sort)
     snap.segments = segments_of(held["segments"].totals, windows=len(held["segments"].windows))
     snap.paths = top_paths_of(held["paths"].totals)
-    return snap
 
 
 def filter_options(store: Store, windows: int = 10) -> dict[str, list[str]]:

@@ -122,9 +122,21 @@ class SparkCluster:
                 f"`clickstream spark-cluster up --port {port + 1}`."
             )
         self.dir.mkdir(parents=True, exist_ok=True)
-        web = free_port()
-        url = f"spark://127.0.0.1:{port}"
         started = time.monotonic()
+        meta = self._start_master(port)
+        self._start_workers(meta, workers, cores, memory)
+        st = self.status()
+        echo(
+            f"Spark standalone cluster up at {meta['master_url']}: {len(st.workers)} workers x "
+            f"{cores} core(s), {memory} each ({time.monotonic() - started:.1f} s; web UI "
+            f"{st.web_ui}; logs in {self.dir})."
+        )
+        return st
+
+    def _start_master(self, port: int) -> dict:
+        """Spawn the master, record it in the meta file, and wait until it answers; returns
+        the meta file's contents."""
+        web = free_port()
         master = self._spawn(
             "master",
             [
@@ -137,15 +149,20 @@ class SparkCluster:
                 str(web),
             ],
         )
+        url = f"spark://127.0.0.1:{port}"
         meta = {"master_pid": master, "master_url": url, "web_port": web, "worker_pids": []}
         self.meta_file.write_text(json.dumps(meta))
         self._wait(lambda: self.master_state() is not None, "the master to answer", master)
+        return meta
+
+    def _start_workers(self, meta: dict, workers: int, cores: int, memory: str) -> None:
+        """Spawn `workers` workers, add them to the meta file, and wait until all registered."""
         for i in range(workers):
             pid = self._spawn(
                 f"worker-{i + 1}",
                 [
                     "org.apache.spark.deploy.worker.Worker",
-                    url,
+                    meta["master_url"],
                     "--host",
                     "127.0.0.1",
                     "--cores",
@@ -161,15 +178,10 @@ class SparkCluster:
             meta["worker_pids"].append(pid)
         self.meta_file.write_text(json.dumps(meta))
         self._wait(
-            lambda: len(self._alive_workers()) >= workers, f"{workers} workers to register", master
+            lambda: len(self._alive_workers()) >= workers,
+            f"{workers} workers to register",
+            meta["master_pid"],
         )
-        st = self.status()
-        echo(
-            f"Spark standalone cluster up at {url}: {len(st.workers)} workers x {cores} core(s), "
-            f"{memory} each ({time.monotonic() - started:.1f} s; web UI {st.web_ui}; logs in "
-            f"{self.dir})."
-        )
-        return st
 
     def master_state(self) -> dict | None:
         """The master's own report (its web UI's `/json/`): workers, `activeapps` and

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from clickstream.redact import redact_text, redact_url
@@ -227,51 +228,60 @@ class PostgresStore(Store):
                     f"{self.url} has store schema version {row[0]}, this library writes "
                     f"{SCHEMA_VERSION}: start over with `clickstream stream --reset`."
                 )
-            for m in tables().values():
-                cols = ", ".join(
-                    f"{_q(c)} {column_type(c)}" + (" NOT NULL" if c in m.key else "")
-                    for c in m.all_columns
-                )
-                key = ", ".join(_q(c) for c in m.key)
-                cur.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self._t(m.name)} ({cols}, PRIMARY KEY ({key}))"
-                )
-                if m.windowed:
-                    cur.execute(
-                        f"CREATE INDEX IF NOT EXISTS {_q(m.name + '_window')} "
-                        f"ON {self._t(m.name)} (window_start)"
-                    )
-            health = ", ".join(f"{_q(c)} {column_type(c)}" for c in HEALTH_COLUMNS)
-            cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._t('batches')} "
-                f"({health}, PRIMARY KEY (job, batch_id))"
-            )
-            # The dashboard asks for the newest batches on every refresh: by index.
-            cur.execute(
-                f"CREATE INDEX IF NOT EXISTS batches_committed ON {self._t('batches')} "
-                "(committed_at)"
-            )
-            cur.execute(
-                f"CREATE INDEX IF NOT EXISTS batches_job ON {self._t('batches')} "
-                "(job, committed_at)"
-            )
-            staged = ", ".join(
-                f"{_q(c)} {TEXT if column_type(c) == TIME else column_type(c)}"
-                for c in STAGING_COLUMNS
-            )
-            cur.execute(
-                f"CREATE UNLOGGED TABLE IF NOT EXISTS {self._t('staging')} "
-                f"(job text NOT NULL, batch_id bigint NOT NULL, metric text NOT NULL, "
-                f"seq bigint NOT NULL, {staged})"
-            )
-            cur.execute(
-                f"CREATE INDEX IF NOT EXISTS staging_batch ON {self._t('staging')} (job, batch_id)"
-            )
+            self._create_metric_tables(cur)
+            self._create_ledger(cur)
+            self._create_staging(cur)
             cur.execute(
                 f"INSERT INTO {self._t('meta')} VALUES ('schema_version', %s) "
                 "ON CONFLICT (key) DO NOTHING",
                 (str(SCHEMA_VERSION),),
             )
+
+    def _create_metric_tables(self, cur) -> None:
+        """A table per metric and rollup, keyed as the metric is; windowed ones indexed by start."""
+        for m in tables().values():
+            cols = ", ".join(
+                f"{_q(c)} {column_type(c)}" + (" NOT NULL" if c in m.key else "")
+                for c in m.all_columns
+            )
+            key = ", ".join(_q(c) for c in m.key)
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._t(m.name)} ({cols}, PRIMARY KEY ({key}))"
+            )
+            if m.windowed:
+                cur.execute(
+                    f"CREATE INDEX IF NOT EXISTS {_q(m.name + '_window')} "
+                    f"ON {self._t(m.name)} (window_start)"
+                )
+
+    def _create_ledger(self, cur) -> None:
+        """`batches`: a row per applied batch with its health."""
+        health = ", ".join(f"{_q(c)} {column_type(c)}" for c in HEALTH_COLUMNS)
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._t('batches')} "
+            f"({health}, PRIMARY KEY (job, batch_id))"
+        )
+        # The dashboard asks for the newest batches on every refresh: by index.
+        cur.execute(
+            f"CREATE INDEX IF NOT EXISTS batches_committed ON {self._t('batches')} (committed_at)"
+        )
+        cur.execute(
+            f"CREATE INDEX IF NOT EXISTS batches_job ON {self._t('batches')} (job, committed_at)"
+        )
+
+    def _create_staging(self, cur) -> None:
+        """`staging`: every metric's columns, times as text, keyed by (job, batch_id, seq)."""
+        staged = ", ".join(
+            f"{_q(c)} {TEXT if column_type(c) == TIME else column_type(c)}" for c in STAGING_COLUMNS
+        )
+        cur.execute(
+            f"CREATE UNLOGGED TABLE IF NOT EXISTS {self._t('staging')} "
+            f"(job text NOT NULL, batch_id bigint NOT NULL, metric text NOT NULL, "
+            f"seq bigint NOT NULL, {staged})"
+        )
+        cur.execute(
+            f"CREATE INDEX IF NOT EXISTS staging_batch ON {self._t('staging')} (job, batch_id)"
+        )
 
     def schema_version(self) -> int | None:
         psycopg = self._psycopg
@@ -367,14 +377,24 @@ class PostgresStore(Store):
 
     def _stage_with_sql(self, staged: list[tuple]) -> None:
         """Without Spark (direct writes): COPY the staging rows through psycopg."""
-        cols = ", ".join(_q(c) for c in (*STAGING_KEY, *STAGING_COLUMNS))
+        self._copy("staging", (*STAGING_KEY, *STAGING_COLUMNS), staged)
+
+    def _copy(self, table: str, columns: tuple[str, ...], rows: Iterable[tuple]) -> None:
+        """Append `rows` (values in the order of `columns`) to `table` with COPY, in one
+        transaction."""
+        cols = ", ".join(_q(c) for c in columns)
         with (
             self.conn.transaction(),
             self.conn.cursor() as cur,
-            cur.copy(f"COPY {self._t('staging')} ({cols}) FROM STDIN") as copy,
+            cur.copy(f"COPY {self._t(table)} ({cols}) FROM STDIN") as copy,
         ):
-            for row in staged:
+            for row in rows:
                 copy.write_row(row)
+
+    def add_ledger_rows(self, rows) -> None:
+        self._copy(
+            "batches", HEALTH_COLUMNS, (tuple(r.get(c) for c in HEALTH_COLUMNS) for r in rows)
+        )
 
     def _commit(self, job, batch_id, rows, expected: int, health) -> bool:
         """Apply the staged batch in one transaction; False if it had been applied before."""

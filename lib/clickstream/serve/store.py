@@ -273,6 +273,11 @@ class Store:
     def last_batch(self, job: str) -> int | None:
         raise NotImplementedError
 
+    def add_ledger_rows(self, rows: Iterable[Mapping]) -> None:
+        """Add ledger rows (as `ledger_row` makes them) in bulk, as batches already applied and
+        never pruned: a long history of batches without writing each (the dashboard bench)."""
+        raise NotImplementedError
+
     def health(self, job: str | None = None, limit: int = 60) -> list[dict]:
         raise NotImplementedError
 
@@ -450,6 +455,14 @@ class SQLiteStore(Store):
         row = self.conn.execute("SELECT max(batch_id) FROM batches WHERE job=?", (job,)).fetchone()
         return row[0] if row else None
 
+    def add_ledger_rows(self, rows) -> None:
+        with self.conn:
+            self.conn.executemany(
+                f"INSERT OR IGNORE INTO batches ({', '.join(HEALTH_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in HEALTH_COLUMNS)})",
+                (tuple(r.get(c) for c in HEALTH_COLUMNS) for r in rows),
+            )
+
     def health(self, job=None, limit=60):
         sql = "SELECT * FROM batches"
         params: list = []
@@ -600,6 +613,17 @@ class RedisStore(Store):
     def last_batch(self, job):
         newest = self.r.zrange(self._k("batches", job), -1, -1, withscores=True)
         return int(newest[0][1]) if newest else None
+
+    def add_ledger_rows(self, rows) -> None:
+        """The rows' batch ids join their job's ledger (the health of the last 500 batches is
+        kept apart, by `write_batch`)."""
+        ids: dict[str, list[int]] = {}
+        for row in rows:
+            ids.setdefault(row["job"], []).append(int(row["batch_id"]))
+        for job, batch_ids in ids.items():
+            for i in range(0, len(batch_ids), 50_000):  # bounded commands, however many
+                chunk = batch_ids[i : i + 50_000]
+                self.r.zadd(self._k("batches", job), {str(b): b for b in chunk})
 
     def health(self, job=None, limit=60):
         jobs = [job] if job else sorted(self.r.smembers(self._k("jobs")))

@@ -512,54 +512,18 @@ def produce(
     first. If the source or the client fails part-way, a ClickstreamError is raised after the
     flush, with the summary of what was delivered as its `summary` attribute.
     """
-    if isinstance(producer, ProducerBackend):
-        client, own = producer, False
-    elif producer is not None:
-        client, own = KafkaPythonBackend(bootstrap, producer=producer), True
-    else:
-        client, own = make_backend(backend, bootstrap), True
+    client, own = _client_for(producer, bootstrap, backend)
     summary = ProduceSummary(topic=topic, backend=client.name)
-    paced = bool(rate) or keep_timing
-    # Paced runs check the clock every record; flat-out runs every 256 (cheap enough, and
-    # duration/stop/progress stay accurate to a few milliseconds).
-    every = 1 if paced else 256
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total, unit="ev", desc=f"producing to {topic}", file=sys.stderr, leave=False
-        )
-    send = client.send
-    monotonic = time.monotonic
-    started = monotonic()
-    deadline = started + duration_s if duration_s is not None else None
-    next_tick = started
-    first_ts: float | None = None
+    bar = _progress_bar(topic, total) if progress else None
+    pace = _Pace(rate, keep_timing, duration_s, stop, bar)
+    send, every = client.send, pace.every
     sent = 0
     failure: ClickstreamError | None = None
     try:
         try:
             for key, value, ts in items:
-                if sent % every == 0:
-                    now = monotonic()
-                    if (deadline is not None and now >= deadline) or (
-                        stop is not None and stop.is_set()
-                    ):
-                        break
-                    if bar is not None and now >= next_tick:
-                        bar.update(sent - bar.n)
-                        next_tick = now + 0.2
-                    if paced:
-                        if rate:
-                            due = started + sent / rate
-                        elif ts is not None:
-                            first_ts = ts if first_ts is None else first_ts
-                            due = started + (ts - first_ts)
-                        else:
-                            due = now
-                        if due > now and not _sleep_until(due, deadline, stop):
-                            break
+                if sent % every == 0 and pace.should_stop(sent, ts):
+                    break
                 send(topic, key, value)
                 sent += 1
                 if max_records is not None and sent >= max_records:
@@ -570,22 +534,81 @@ def produce(
             summary.interrupted = True
         client.flush()
     finally:
-        summary.seconds = monotonic() - started
+        summary.seconds = time.monotonic() - pace.started
         if own:
             client.close()
         if bar is not None:
             bar.update(sent - bar.n)
             bar.close()
+    _add_outcome(summary, client, sent, items)
+    if failure is not None:
+        failure.summary = summary
+        raise failure
+    return summary
+
+
+def _client_for(producer, bootstrap: str, backend: str) -> tuple[ProducerBackend, bool]:
+    """The backend to send with, and whether `produce` owns it (and so closes it)."""
+    if isinstance(producer, ProducerBackend):
+        return producer, False
+    if producer is not None:
+        return KafkaPythonBackend(bootstrap, producer=producer), True
+    return make_backend(backend, bootstrap), True
+
+
+def _progress_bar(topic: str, total: int | None):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="ev", desc=f"producing to {topic}", file=sys.stderr, leave=False)
+
+
+def _add_outcome(summary: ProduceSummary, client: ProducerBackend, sent: int, items) -> None:
+    """What was delivered, what failed, and the lines of a replay file that were not JSON."""
     summary.failed = client.failed
     summary.sent = sent - client.failed
     summary.first_error = client.first_error
     if isinstance(items, ReplayFile):
         summary.not_json = items.not_json
         summary.first_not_json_line = items.first_not_json_line
-    if failure is not None:
-        failure.summary = summary
-        raise failure
-    return summary
+
+
+class _Pace:
+    """When to send the next record, and whether to stop: the deadline, `stop`, the progress
+    bar, and the rate or the event times to keep."""
+
+    def __init__(self, rate, keep_timing: bool, duration_s, stop, bar):
+        self.rate, self.stop, self.bar = rate, stop, bar
+        self.paced = bool(rate) or keep_timing
+        # Paced runs check the clock every record; flat-out runs every 256 (cheap enough, and
+        # duration/stop/progress stay accurate to a few milliseconds).
+        self.every = 1 if self.paced else 256
+        self.started = time.monotonic()
+        self.deadline = self.started + duration_s if duration_s is not None else None
+        self.next_tick = self.started
+        self.first_ts: float | None = None
+
+    def should_stop(self, sent: int, ts: float | None) -> bool:
+        """Update the progress bar and wait until the next record is due; True to stop now."""
+        now = time.monotonic()
+        if (self.deadline is not None and now >= self.deadline) or (
+            self.stop is not None and self.stop.is_set()
+        ):
+            return True
+        if self.bar is not None and now >= self.next_tick:
+            self.bar.update(sent - self.bar.n)
+            self.next_tick = now + 0.2
+        if not self.paced:
+            return False
+        due = self._due(sent, ts, now)
+        return due > now and not _sleep_until(due, self.deadline, self.stop)
+
+    def _due(self, sent: int, ts: float | None, now: float) -> float:
+        if self.rate:
+            return self.started + sent / self.rate
+        if ts is not None:
+            self.first_ts = ts if self.first_ts is None else self.first_ts
+            return self.started + (ts - self.first_ts)
+        return now
 
 
 def _sleep_until(due: float, deadline: float | None, stop: threading.Event | None) -> bool:
