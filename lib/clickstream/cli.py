@@ -182,6 +182,53 @@ COLUMN_FILTER = _Checked("column=value", _name_value("COLUMN"))
 METRIC_NAME = _Checked("name", _metric_name)
 
 
+# -- options several commands take, and how commands print ----------------------------------
+
+
+def _bootstrap_option(help_text: str = "Kafka bootstrap servers (default: local broker)."):
+    return click.option("--bootstrap-servers", type=BOOTSTRAP_SERVERS, default=None, help=help_text)
+
+
+def _kafka_options(topic_help: str = "Topic (default user_clickstream)."):
+    """--topic, then --bootstrap-servers: the topic a command reads or writes, and where."""
+    topic = click.option("--topic", type=TOPIC, default=None, help=topic_help)
+
+    def add(command):
+        return topic(_bootstrap_option()(command))  # the outer decorator's option comes first
+
+    return add
+
+
+def _store_option(
+    help_text: str = (
+        "Serving store URL (default: CLICKSTREAM_STORE, else SQLite in the state directory)."
+    ),
+):
+    return click.option("--store", "store_url", type=STORE_URL, default=None, help=help_text)
+
+
+def _seed_option(help_text: str | None = None):
+    return click.option("--seed", type=SEED, default=42, show_default=True, help=help_text)
+
+
+def _json_option(help_text: str | None = "Print JSON."):
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
+
+
+def _echo_err(message: str) -> None:
+    """Progress and notes go to stderr: stdout holds only the result (a table, JSON)."""
+    click.echo(message, err=True)
+
+
+def _echo_json(data, **dumps) -> None:
+    click.echo(json.dumps(data, indent=2, **dumps))
+
+
+def _echo_report(report, as_json: bool) -> None:
+    """A benchmark's report: its text, or with --json its figures."""
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
+
+
 @click.group(cls=_Group)
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
 @click.pass_context
@@ -302,7 +349,7 @@ def broker_start_node(node):
 
 
 @broker.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option()
 def broker_status(as_json):
     """Bootstrap address, version, process id, topics with partitions and message counts."""
     from clickstream.local.broker import LocalBroker
@@ -311,7 +358,7 @@ def broker_status(as_json):
     cluster = LocalKafkaCluster(get_settings())
     st = cluster.status() if cluster.meta() else LocalBroker(get_settings()).status()
     if as_json:
-        click.echo(json.dumps(st.to_dict(), indent=2))
+        _echo_json(st.to_dict())
         return
     where = "external cluster" if st.external else "local broker"
     click.echo(f"{where}: {st.bootstrap_servers}")
@@ -332,12 +379,7 @@ def broker_status(as_json):
 
 
 @main.command("lag")
-@click.option(
-    "--bootstrap-servers",
-    type=BOOTSTRAP_SERVERS,
-    default=None,
-    help="Kafka bootstrap servers (default: local broker).",
-)
+@_bootstrap_option()
 @click.option("--group", "groups", multiple=True, help="Only this consumer group (repeatable).")
 @click.option(
     "--checkpoint",
@@ -346,7 +388,7 @@ def broker_status(as_json):
     type=click.Path(file_okay=False),
     help="Only this Spark checkpoint (repeatable).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of partitions.")
+@_json_option("Print a JSON array of partitions.")
 def lag_command(bootstrap_servers, groups, checkpoints, as_json):
     """Consumer lag per partition: consumer groups and streaming-job checkpoints.
 
@@ -370,7 +412,7 @@ def lag_command(bootstrap_servers, groups, checkpoints, as_json):
                 "the query finished a batch?)"
             )
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        _echo_json([r.to_dict() for r in rows])
         return
     for line in lag.format_table(rows):
         click.echo(line)
@@ -402,7 +444,7 @@ def demo(rate, port, seconds):
 
 
 @main.command()
-@click.option("--seed", type=SEED, default=42, show_default=True)
+@_seed_option()
 @click.option("--count", type=click.IntRange(min=0), default=10_000, show_default=True)
 @click.option(
     "--rate",
@@ -478,13 +520,7 @@ def simulate(
 
 
 @main.command()
-@click.option("--topic", type=TOPIC, default=None, help="Topic (default user_clickstream).")
-@click.option(
-    "--bootstrap-servers",
-    type=BOOTSTRAP_SERVERS,
-    default=None,
-    help="Kafka bootstrap servers (default: local broker).",
-)
+@_kafka_options()
 @click.option(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
@@ -503,7 +539,7 @@ def simulate(
     default=None,
     help="Stop after this many seconds.",
 )
-@click.option("--seed", type=SEED, default=42, show_default=True, help="Simulator seed.")
+@_seed_option("Simulator seed.")
 @click.option(
     "--start",
     type=EVENT_TIME,
@@ -558,17 +594,8 @@ def produce(
 
     Prints a summary (sent, failed, events/s); exits with 2 if any record failed.
     """
-    from datetime import UTC, datetime
-
     from clickstream.ingest.kafka_io import ensure_topic
-    from clickstream.source.producer import (
-        generated_in_background,
-        replay_records,
-        simulated_records,
-    )
-    from clickstream.source.producer import produce as run
-    from clickstream.source.simulator import SimConfig
-    from clickstream.times import iso
+    from clickstream.source.producer import replay_records
 
     if rate and keep_timing:
         raise click.UsageError("--rate and --keep-timing both set the pace: choose one.")
@@ -578,44 +605,25 @@ def produce(
     bootstrap = settings.bootstrap_servers
     if replay:
         # Opened before the topic is touched, so a missing file fails without side effects.
-        items, total = replay_records(replay, with_times=keep_timing), count
+        items = replay_records(replay, with_times=keep_timing)
     else:
         if count is None and duration is None:
             count = 10_000
-        now = iso(datetime.now(UTC))
-        config = SimConfig(
-            seed=seed,
-            count=count or 10**12,
-            start=start or now,
-            # With a fixed rate, event time advances like the wall clock (no daily rhythm).
-            rate=rate or 50.0,
-            daily_amplitude=0.0 if rate else 0.5,
-        )
-        if keep_timing or (rate and rate < 1000):
-            items = simulated_records(config, with_times=keep_timing)
-        else:  # flat out: the simulator gets a core of its own
-            items = generated_in_background(config)
-        total = count
+        items = _simulated_items(seed, count, start, rate, keep_timing)
     if create_topic and ensure_topic(settings.topic, partitions=partitions, bootstrap=bootstrap):
         click.echo(f"created topic {settings.topic} ({partitions} partitions)", err=True)
-    try:
-        summary = run(
-            items,
-            settings.topic,
-            bootstrap,
-            rate=rate,
-            duration_s=duration,
-            keep_timing=keep_timing,
-            total=total,
-            backend=backend,
-            max_records=count,
-            progress=progress,
-        )
-    except ClickstreamError as exc:
-        partial = getattr(exc, "summary", None)
-        if partial is not None:
-            click.echo(partial.line())
-        raise
+    summary = _send(
+        items,
+        settings.topic,
+        bootstrap,
+        rate=rate,
+        duration_s=duration,
+        keep_timing=keep_timing,
+        total=count,
+        backend=backend,
+        max_records=count,
+        progress=progress,
+    )
     click.echo(summary.line())
     if summary.failed:
         sys.exit(2)
@@ -623,14 +631,43 @@ def produce(
         sys.exit(130)
 
 
+def _simulated_items(seed, count, start, rate, keep_timing):
+    """The simulator's records for `produce`, from `start` (default: now); endless when `count`
+    is None (--duration ends it)."""
+    from datetime import UTC, datetime
+
+    from clickstream.source.producer import generated_in_background, simulated_records
+    from clickstream.source.simulator import SimConfig
+    from clickstream.times import iso
+
+    config = SimConfig(
+        seed=seed,
+        count=count or 10**12,
+        start=start or iso(datetime.now(UTC)),
+        # With a fixed rate, event time advances like the wall clock (no daily rhythm).
+        rate=rate or 50.0,
+        daily_amplitude=0.0 if rate else 0.5,
+    )
+    if keep_timing or (rate and rate < 1000):
+        return simulated_records(config, with_times=keep_timing)
+    return generated_in_background(config)  # flat out: the simulator gets a core of its own
+
+
+def _send(items, topic: str, bootstrap: str, **options):
+    """The library's `produce`; if it fails part-way, what it sent is printed before the error."""
+    from clickstream.source.producer import produce as run
+
+    try:
+        return run(items, topic, bootstrap, **options)
+    except ClickstreamError as exc:
+        partial = getattr(exc, "summary", None)
+        if partial is not None:
+            click.echo(partial.line())
+        raise
+
+
 @main.command()
-@click.option("--topic", type=TOPIC, default=None, help="Topic (default user_clickstream).")
-@click.option(
-    "--bootstrap-servers",
-    type=BOOTSTRAP_SERVERS,
-    default=None,
-    help="Kafka bootstrap servers (default: local broker).",
-)
+@_kafka_options()
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the newest.")
 @click.option(
     "--max", "max_records", type=click.IntRange(min=1), default=None, help="Stop after N records."
@@ -644,34 +681,24 @@ def produce(
 @click.option("--raw", is_flag=True, help="Print values exactly as stored.")
 def consume(topic, bootstrap_servers, from_beginning, max_records, timeout, raw):
     """Tail a topic, pretty-printed (Ctrl-C to stop). Invalid values are shown, marked red."""
-    from kafka import KafkaConsumer
-
-    from clickstream.ingest.kafka_io import _admin, _bootstrap_errors, unreachable
+    from clickstream.ingest.kafka_io import open_consumer, topic_exists
 
     settings = get_settings(topic=topic, external_bootstrap=bootstrap_servers)
     bootstrap = settings.bootstrap_servers
-    admin = _admin(bootstrap)
-    try:
-        exists = settings.topic in admin.list_topics()
-    finally:
-        admin.close()
-    if not exists:
+    if not topic_exists(settings.topic, bootstrap):
         raise ClickstreamError(
             f"Topic {settings.topic} does not exist at {bootstrap}. Produce to it first "
             f"(`clickstream produce --topic {settings.topic}`), or check the name with "
             "`clickstream broker status`."
         )
-    try:
-        consumer = KafkaConsumer(
-            settings.topic,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest" if from_beginning else "latest",
-            enable_auto_commit=False,
-            client_id="clickstream-consume",
-            consumer_timeout_ms=int(timeout * 1000) if timeout else float("inf"),
-        )
-    except _bootstrap_errors():
-        raise unreachable(bootstrap) from None
+    consumer = open_consumer(
+        settings.topic,
+        bootstrap,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+        client_id="clickstream-consume",
+        consumer_timeout_ms=int(timeout * 1000) if timeout else float("inf"),
+    )
     seen = 0
     try:
         for msg in consumer:
@@ -688,27 +715,6 @@ def consume(topic, bootstrap_servers, from_beginning, max_records, timeout, raw)
     finally:
         consumer.close()
         click.echo(f"({seen:,} record{'' if seen == 1 else 's'})", err=True)
-
-
-def _pretty(msg) -> None:
-    from clickstream.events import parse_value
-
-    event, reason = parse_value(msg.value)
-    head = f"p{msg.partition}@{msg.offset} key={msg.key.decode() if msg.key else '-'}"
-    if event is None:
-        click.secho(f"{head} INVALID ({reason}): {msg.value[:120]!r}", fg="red")
-        return
-    extra = " ".join(
-        f"{k}={event[k]}" for k in ("product_id", "price", "device", "country") if event.get(k)
-    )
-    click.echo(
-        f"{head} {event['event_time']} {event['event_type']:<16} {event['user_id']:<8} "
-        f"{event['page']:<22} {extra}"
-    )
-
-
-# --- benchmarks ---
-# `clickstream bench ...`, and the record printer `consume` uses (robust to any bytes).
 
 
 def _echo_record(msg) -> None:
@@ -731,6 +737,11 @@ def _echo_record(msg) -> None:
     )
 
 
+# --- benchmarks ---
+# `clickstream bench produce` and `bench stream`; `bench dashboard` and `bench anomalies` are
+# in the sections of the dashboard and of the streaming job.
+
+
 @main.group()
 def bench():
     """Benchmarks anyone can rerun: figures with the machine they ran on."""
@@ -744,25 +755,17 @@ def bench():
     show_default=True,
     help="Events per client.",
 )
-@click.option(
-    "--bootstrap-servers",
-    type=BOOTSTRAP_SERVERS,
-    default=None,
-    help="Measure against this cluster (default: the local broker, started if needed).",
-)
-@click.option("--seed", type=SEED, default=42, show_default=True, help="Simulator seed.")
+@_bootstrap_option("Measure against this cluster (default: the local broker, started if needed).")
+@_seed_option("Simulator seed.")
 @click.option(
     "--profile",
     is_flag=True,
     help="Also profile the kafka-python run with cProfile (an extra run, not timed).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option()
 def bench_produce(count, bootstrap_servers, seed, profile, as_json):
     """Events/s of simulator + producer (kafka-python, confluent-kafka) beside Kafka's own tool."""
     from clickstream.bench.produce import bench_produce as run
-
-    def echo(message: str) -> None:
-        click.echo(message, err=True)
 
     report = run(
         get_settings(),
@@ -770,9 +773,9 @@ def bench_produce(count, bootstrap_servers, seed, profile, as_json):
         bootstrap=bootstrap_servers,
         seed=seed,
         profile=profile,
-        echo=echo,
+        echo=_echo_err,
     )
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
+    _echo_report(report, as_json)
 
 
 @bench.command("stream")
@@ -810,14 +813,11 @@ def bench_produce(count, bootstrap_servers, seed, profile, as_json):
     show_default=True,
     help="Events/s of the live run.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option()
 def bench_stream(count, master, max_offsets_per_trigger, live_seconds, live_rate, as_json):
     """Events/s of the streaming job beside a bare Spark read + parse of the same topic, and
     its produce-to-store latency live."""
     from clickstream.bench.stream import bench_stream as run
-
-    def echo(message: str) -> None:
-        click.echo(message, err=True)
 
     try:
         report = run(
@@ -827,7 +827,7 @@ def bench_stream(count, master, max_offsets_per_trigger, live_seconds, live_rate
             max_offsets_per_trigger=max_offsets_per_trigger,
             live_rate=live_rate,
             live_seconds=live_seconds,
-            echo=echo,
+            echo=_echo_err,
         )
     finally:
         from pyspark.sql import SparkSession
@@ -835,7 +835,7 @@ def bench_stream(count, master, max_offsets_per_trigger, live_seconds, live_rate
         active = SparkSession.getActiveSession()
         if active is not None:
             _quietly(active.stop)  # state stores close before the JVM exits
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
+    _echo_report(report, as_json)
 
 
 # --- dashboard ---
@@ -844,13 +844,7 @@ def bench_stream(count, master, max_offsets_per_trigger, live_seconds, live_rate
 
 
 @main.command("dashboard")
-@click.option(
-    "--store",
-    "store_url",
-    type=STORE_URL,
-    default=None,
-    help="Serving store URL (default: CLICKSTREAM_STORE, else SQLite in the state directory).",
-)
+@_store_option()
 @click.option("--port", type=PORT, default=8501, show_default=True)
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all)."
@@ -863,14 +857,19 @@ def dashboard_command(store_url, port, host, base_url_path):
     serve(store_url, port=port, host=host, base_url_path=base_url_path, echo=click.echo)
 
 
-@click.command("dashboard", cls=_Command)
-@click.option(
-    "--store",
-    "store_url",
-    type=STORE_URL,
-    default=None,
-    help="Fill and time this store (default: a temporary SQLite file). It is emptied first.",
-)
+def _holds_data(store_url: str) -> bool:
+    """Whether the store has traffic windows (one that cannot be opened has none)."""
+    from clickstream.serve.store import StoreError, open_store
+
+    try:
+        with open_store(store_url, readonly=True) as store:
+            return bool(store.read("traffic", limit=1))
+    except StoreError:
+        return False
+
+
+@bench.command("dashboard")
+@_store_option("Fill and time this store (default: a temporary SQLite file). It is emptied first.")
 @click.option("--replace", is_flag=True, help="Allow emptying a --store that already holds data.")
 @click.option(
     "--minutes",
@@ -889,34 +888,23 @@ def dashboard_command(store_url, port, host, base_url_path):
 @click.option(
     "--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Refreshes timed."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option()
 def bench_dashboard(store_url, replace, minutes, ledger_batches, repeats, as_json):
     """Milliseconds one dashboard refresh costs at each time range, with days of per-minute
     windows in the store, beside the same refresh without rollups (measured in the same run)."""
     from clickstream.bench.dashboard import bench_refresh
     from clickstream.dashboard.app import build_figures
-    from clickstream.serve.store import StoreError, open_store
 
-    if store_url and not replace:
-        try:
-            with open_store(store_url, readonly=True) as store:
-                holds_data = bool(store.read("traffic", limit=1))
-        except StoreError:
-            holds_data = False
-        if holds_data:
-            raise ClickstreamError(
-                f"{redact_url(store_url)} holds data and the benchmark would empty it: point "
-                "--store at a "
-                "scratch store, or add --replace."
-            )
+    if store_url and not replace and _holds_data(store_url):
+        raise ClickstreamError(
+            f"{redact_url(store_url)} holds data and the benchmark would empty it: point "
+            "--store at a scratch store, or add --replace."
+        )
 
     def figures(snap):
         return [fig.to_json() for fig in build_figures(snap).values()]
 
-    def say(text: str) -> None:
-        click.echo(text, err=True)
-
-    say(
+    _echo_err(
         f"filling {redact_url(store_url) if store_url else 'a temporary SQLite store'} with "
         f"{minutes:,} per-minute windows "
         f"of every metric and a ledger of {ledger_batches:,} batches, then timing refreshes..."
@@ -927,41 +915,26 @@ def bench_dashboard(store_url, replace, minutes, ledger_batches, repeats, as_jso
         repeats=repeats,
         figures=figures,
         ledger_batches=ledger_batches,
-        progress=say,
+        progress=_echo_err,
     )
     if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2))
+        _echo_json(result.as_json())
     else:
         for line in result.lines():
             click.echo(line)
 
 
-bench.add_command(bench_dashboard)
-
-
 # --- streaming job ---
-# `clickstream stream` (the streaming job in clickstream/stream.py), `clickstream metrics NAME`
+# `clickstream stream` (the job in clickstream/process/stream.py), `clickstream metrics NAME`
 # (any metric from the serving store, as a table or JSON) and `clickstream bench anomalies`
 # (recall and false alerts of the anomaly detector over a long simulated stream).
 
 
 @main.command("stream")
-@click.option(
-    "--topic", type=TOPIC, default=None, help="Raw events topic (default user_clickstream)."
-)
-@click.option(
-    "--bootstrap-servers",
-    type=BOOTSTRAP_SERVERS,
-    default=None,
-    help="Kafka bootstrap servers (default: local broker).",
-)
-@click.option(
-    "--store",
-    "store_url",
-    type=STORE_URL,
-    default=None,
-    help="sqlite:///path.db (default: CLICKSTREAM_STORE, else SQLite in the state directory), "
-    "redis://host:port/db or postgresql://user@host:port/db.",
+@_kafka_options("Raw events topic (default user_clickstream).")
+@_store_option(
+    "sqlite:///path.db (default: CLICKSTREAM_STORE, else SQLite in the state directory), "
+    "redis://host:port/db or postgresql://user@host:port/db."
 )
 @click.option(
     "--checkpoint",
@@ -1053,64 +1026,41 @@ bench.add_command(bench_dashboard)
     help="Spark master URL (default: SPARK_MASTER or local).",
 )
 @click.option("--quiet", is_flag=True, help="No line per micro-batch.")
-def stream_command(
-    topic,
-    bootstrap_servers,
-    store_url,
-    checkpoint,
-    window,
-    slide,
-    watermark,
-    session_gap,
-    trigger,
-    side_trigger,
-    available_now,
-    max_offsets_per_trigger,
-    max_ahead,
-    alerts_topic,
-    quarantine_topic,
-    reset,
-    master,
-    quiet,
-):
+def stream_command(topic, bootstrap_servers, quiet, **job_options):
     """The streaming job: every metric by event time into the serving store, exactly once.
 
     Runs until Ctrl-C (or SIGTERM) with a micro-batch every --trigger; --available-now drains
     the topic and exits. Restarted, it continues from its checkpoint.
     """
-    import signal
-    import threading
-
     from clickstream.process.stream import StreamConfig, StreamJob
 
     settings = get_settings(topic=topic, external_bootstrap=bootstrap_servers)
-    config = StreamConfig.create(
-        settings,
-        store_url=store_url,
-        checkpoint=checkpoint,
-        window=window,
-        slide=slide,
-        watermark=watermark,
-        session_gap=session_gap,
-        trigger=trigger,
-        side_trigger=side_trigger,
-        available_now=available_now,
-        max_offsets_per_trigger=max_offsets_per_trigger,
-        max_ahead=max_ahead,
-        alerts_topic=alerts_topic or "",
-        quarantine_topic=quarantine_topic or "",
-        master=master,
-        reset=reset,
-    )
-    echo = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
-    click.echo(
+    for name in ("alerts_topic", "quarantine_topic"):
+        job_options[name] = job_options[name] or ""
+    # The other options are StreamConfig.create's arguments, by the same names.
+    config = StreamConfig.create(settings, **job_options)
+    click.echo(_stream_banner(config), err=True)
+    job = StreamJob(config, echo=(lambda message: None) if quiet else _echo_err)
+    _run_until_stopped(job, job_options["available_now"])
+    click.echo(job.summary.line())
+
+
+def _stream_banner(config) -> str:
+    """What the job reads, where it writes, its event-time settings and its checkpoint."""
+    slide = f", slide {config.slide}" if config.slide else ""
+    return (
         f"streaming {config.topic} at {config.bootstrap_servers} into "
-        f"{redact_url(config.store_url)} "
-        f"(window {config.window}{', slide ' + config.slide if config.slide else ''}, "
+        f"{redact_url(config.store_url)} (window {config.window}{slide}, "
         f"watermark {config.watermark}, session gap {config.session_gap}); checkpoint "
-        f"{config.checkpoint}",
-        err=True,
+        f"{config.checkpoint}"
     )
+
+
+def _run_until_stopped(job, available_now: bool) -> None:
+    """Start the job and wait until its queries end, or until Ctrl-C or SIGTERM; then stop the
+    queries and Spark cleanly. A query that failed raises its error here."""
+    import signal
+    import threading
 
     # Ctrl-C and SIGTERM only set a flag: raising inside a call into Spark's JVM would break
     # that call; the loop below notices the flag within a second and stops the query cleanly.
@@ -1122,7 +1072,6 @@ def stream_command(
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C forces
 
     handlers = {}
-    job = StreamJob(config, echo=echo)
     handle = None
     try:
         handle = job.start()
@@ -1147,7 +1096,6 @@ def stream_command(
         job.close()
         if job.spark is not None:
             _quietly(job.spark.stop)
-    click.echo(job.summary.line())
 
 
 def _quietly(stop) -> None:
@@ -1168,14 +1116,8 @@ def _cell(value) -> str:
 
 @main.command("metrics")
 @click.argument("name", type=METRIC_NAME)
-@click.option(
-    "--store",
-    "store_url",
-    type=STORE_URL,
-    default=None,
-    help="Serving store URL (default: CLICKSTREAM_STORE, else SQLite in the state directory).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of rows.")
+@_store_option()
+@_json_option("Print a JSON array of rows.")
 @click.option(
     "--since", type=UTC_TIME, default=None, help="Windows starting at or after this ISO-8601 time."
 )
@@ -1220,7 +1162,7 @@ def metrics_command(name, store_url, as_json, since, until, limit, where):
                 where=filters or None,
             )
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        _echo_json(rows, default=str)
         return
     if not rows:
         click.echo(f"(no {name} rows{' in that range' if since or until else ''})")
@@ -1236,7 +1178,7 @@ def metrics_command(name, store_url, as_json, since, until, limit, where):
     click.echo(f"({len(rows)} rows: {what})", err=True)
 
 
-@click.command("anomalies", cls=_Command)
+@bench.command("anomalies")
 @click.option(
     "--hours",
     type=click.FloatRange(min=0, min_open=True),
@@ -1268,8 +1210,8 @@ def metrics_command(name, store_url, as_json, since, until, limit, where):
 @click.option(
     "--surges", type=click.IntRange(min=0), default=6, show_default=True, help="Traffic surges."
 )
-@click.option("--seed", type=SEED, default=42, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_seed_option()
+@_json_option()
 def bench_anomalies(hours, rate, window, incidents, surges, seed, as_json):
     """Recall and false alerts of the anomaly detector over a long simulated stream."""
     from clickstream.process.anomaly import bench as run
@@ -1281,20 +1223,9 @@ def bench_anomalies(hours, rate, window, incidents, surges, seed, as_json):
         incidents=incidents,
         surges=surges,
         seed=seed,
-        progress=lambda message: click.echo(message, err=True),
+        progress=_echo_err,
     )
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
-
-
-_bench_group = main.commands.get("bench")
-if not isinstance(_bench_group, click.Group):  # the benchmarks section defines it; else here
-
-    @main.group("bench")
-    def _bench_group():
-        """Benchmarks anyone can rerun."""
-
-
-_bench_group.add_command(bench_anomalies)
+    _echo_report(result, as_json)
 
 
 # --- spark cluster ---
@@ -1328,14 +1259,14 @@ def spark_cluster_down():
 
 
 @spark_cluster.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@_json_option(None)
 def spark_cluster_status(as_json):
     """Master URL, web UI and the workers with their cores and memory."""
     from clickstream.local.spark_cluster import SparkCluster
 
     st = SparkCluster(get_settings()).status()
     if as_json:
-        click.echo(json.dumps(st.to_dict(), indent=2))
+        _echo_json(st.to_dict())
         return
     if not st.running:
         click.echo("No Spark cluster running (start one with `clickstream spark-cluster up`).")
@@ -1412,12 +1343,7 @@ def _notebook_value(raw: str) -> object:
     help="Only notebooks whose name starts with this (repeatable): --only 01 --only 03.",
 )
 @click.option("--solutions/--no-solutions", default=True, show_default=True)
-@click.option(
-    "--bootstrap-servers",
-    type=BOOTSTRAP_SERVERS,
-    default=None,
-    help="Run against this Kafka cluster, not the local one.",
-)
+@_bootstrap_option("Run against this Kafka cluster, not the local one.")
 @click.option(
     "--parameter",
     "-p",

@@ -39,6 +39,8 @@ from clickstream.redact import redact_url
 from clickstream.times import iso
 
 DEMO_TOPIC = "clickstream_demo"
+ALERTS_TOPIC = f"{DEMO_TOPIC}_alerts"
+QUARANTINE_TOPIC = f"{DEMO_TOPIC}_quarantine"
 WINDOW = "10 seconds"  # short windows: the charts move within seconds, alerts within a minute
 WATERMARK = "10 seconds"
 INCIDENT = (120.0, 180.0, 0.15)  # seconds after the start: error rate 15 %
@@ -86,8 +88,17 @@ class _Child:
     """A child process in its own session: Ctrl-C reaches the demo only, which stops it in
     order. Should the demo die without stopping it (SIGKILL), it gets SIGTERM all the same."""
 
-    def __init__(self, name: str, cmd: list[str], log: Path, env: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        log: Path,
+        env: dict | None = None,
+        stop_signal: int = signal.SIGTERM,
+        stop_timeout: float = 15.0,
+    ):
         self.name, self.log = name, log
+        self.stop_signal, self.stop_timeout = stop_signal, stop_timeout
         self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             cmd,
@@ -106,19 +117,20 @@ class _Child:
                 f"ends with:\n{_tail(self.log)}"
             )
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:
-        """Ask it to stop; after `timeout` s kill its whole process group (Spark's JVM too)."""
+    def stop(self) -> str:
+        """Send it `stop_signal`; after `stop_timeout` s kill its whole process group (Spark's
+        JVM too). Says how it went."""
         started = time.monotonic()
         how = "stopped"
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            self.proc.send_signal(self.stop_signal)
             try:
-                self.proc.wait(timeout=timeout)
+                self.proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-                how = f"did not stop within {timeout:.0f} s: killed"
+                how = f"did not stop within {self.stop_timeout:.0f} s: killed"
         self._log.close()
         return f"{how} ({time.monotonic() - started:.1f} s)"
 
@@ -204,6 +216,207 @@ def _status_line(sent: int, status: dict, window: str) -> str:
     )
 
 
+def _stream_job_command(paths: DemoPaths, bootstrap: str) -> list[str]:
+    """`clickstream stream` on the demo's topics, store and checkpoint, with short windows."""
+    options = {
+        "--topic": DEMO_TOPIC,
+        "--bootstrap-servers": bootstrap,
+        "--store": paths.store_url,
+        "--checkpoint": str(paths.checkpoint),
+        "--window": WINDOW,
+        "--watermark": WATERMARK,
+        "--session-gap": "1 minute",
+        "--alerts-topic": ALERTS_TOPIC,
+        "--quarantine-topic": QUARANTINE_TOPIC,
+    }
+    return [*_cli(), "stream", *(part for option in options.items() for part in option)]
+
+
+def _shop_traffic(rate: float):
+    """The simulator's settings: shop traffic from now on at `rate` events/s, with the story."""
+    from clickstream.source.simulator import SimConfig
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    return SimConfig(
+        seed=int(now.timestamp()),
+        count=10**9,
+        start=iso(now),
+        rate=rate,
+        daily_amplitude=0.0,
+        think_time_s=5.0,
+        incidents=(INCIDENT,),
+        surges=(SURGE,),
+        late_share=0.01,
+        late_delay_s=30.0,
+    )
+
+
+class _Producer:
+    """The simulated shop, into the demo topic on a thread of its own until `stop()`. It counts
+    what it sends and keeps its summary, or the error that stopped it (the main loop raises it)."""
+
+    def __init__(self, config, bootstrap: str):
+        from clickstream.source.producer import simulated_records
+
+        self.sent = 0
+        self.summary = None
+        self.error: Exception | None = None
+        self._stop = threading.Event()
+        records = self._counted(simulated_records(config))
+        self._thread = threading.Thread(
+            target=self._run, args=(records, bootstrap), name="demo-producer", daemon=True
+        )
+        self._thread.start()
+
+    def _counted(self, items):
+        for item in items:
+            self.sent += 1
+            yield item
+
+    def _run(self, records, bootstrap: str) -> None:
+        from clickstream.source.producer import produce
+
+        try:
+            self.summary = produce(
+                records, DEMO_TOPIC, bootstrap, keep_timing=True, progress=False, stop=self._stop
+            )
+        except Exception as exc:  # noqa: BLE001 - reported by the main loop
+            self.error = exc
+
+    def stop(self) -> str:
+        """Stop sending (the thread gets 10 s to finish) and say what was sent."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.summary.line() if self.summary else "no summary"
+
+
+class _StopSignals:
+    """Ctrl-C, SIGTERM (`kill`) and SIGHUP (a closing terminal) all stop the demo cleanly, even
+    when the shell that started it ignores SIGINT (background jobs inherit an ignored SIGINT).
+    Only the main thread can set signal handlers: elsewhere this changes nothing."""
+
+    def __init__(self):
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
+
+    def ignore(self) -> None:
+        """From now on nothing interrupts the cleanup: it stops what the demo started."""
+        for sig in self.previous:
+            signal.signal(sig, _already_stopping)
+
+    def restore(self) -> None:
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+
+
+class _Demo:
+    """One run of the demo, and what it started, so that the cleanup stops exactly that."""
+
+    def __init__(self, settings: Settings, echo: _Echo):
+        self.settings, self.echo = settings, echo
+        self.paths = DemoPaths(settings.state_dir / "demo")
+        self.broker = None
+        self.started_broker = False
+        self.bootstrap = ""
+        self.children: list[_Child] = []
+        self.producer: _Producer | None = None
+        self.status: dict = {}  # the newest figures read from the store
+
+    def prepare(self, port: int) -> None:
+        """Check the port, empty the demo's directory, start the broker if needed, fresh topics."""
+        from clickstream.course import reset_topics
+        from clickstream.dashboard.app import check_port
+        from clickstream.local.broker import LocalBroker
+
+        check_port("127.0.0.1", port)  # before starting anything: names the fix (--port)
+        shutil.rmtree(self.paths.root, ignore_errors=True)
+        self.paths.root.mkdir(parents=True)
+        self.broker = LocalBroker(self.settings)
+        self.started_broker = not self.settings.is_external and not self.broker.is_running()
+        # A broker it starts goes when the demo goes.
+        self.broker.up(echo=self.echo, die_with_parent=True)
+        self.bootstrap = self.settings.bootstrap_servers
+        reset_topics(DEMO_TOPIC, ALERTS_TOPIC, QUARANTINE_TOPIC, bootstrap=self.bootstrap)
+        self.echo(
+            f"Fresh topics {DEMO_TOPIC}, {ALERTS_TOPIC}, {QUARANTINE_TOPIC} at {self.bootstrap}."
+        )
+
+    def start(self, rate: float, port: int) -> None:
+        """The streaming job, the dashboard (waiting until it answers), then the producer."""
+        from clickstream.dashboard.app import streamlit_command
+
+        paths = self.paths
+        self.echo(f"Starting the streaming job (Spark; log: {paths.stream_log})...")
+        job = _stream_job_command(paths, self.bootstrap)
+        # SIGINT is the job's Ctrl-C: it finishes the running micro-batch and exits.
+        self.children.append(
+            _Child(
+                "streaming job", job, paths.stream_log, stop_signal=signal.SIGINT, stop_timeout=60
+            )
+        )
+        self.echo(f"Starting the dashboard (log: {paths.dashboard_log})...")
+        dashboard = _Child(
+            "dashboard",
+            streamlit_command(paths.store_url, port, "127.0.0.1", ""),
+            paths.dashboard_log,
+            env={"CLICKSTREAM_STORE": paths.store_url},
+        )
+        self.children.append(dashboard)
+        _wait_healthy(f"http://127.0.0.1:{port}", dashboard)
+        self.producer = _Producer(_shop_traffic(rate), self.bootstrap)
+
+    def introduce(self, rate: float, port: int) -> None:
+        """Where the dashboard is and what to watch for."""
+        self.echo("")
+        self.echo(f"  Dashboard: http://localhost:{port}   <- open it in your browser")
+        self.echo("")
+        self.echo(
+            f"  ~{rate:.0f} events/s of simulated shop traffic into {DEMO_TOPIC}; the streaming "
+            f"job writes {WINDOW} windows to {redact_url(self.paths.store_url)}."
+        )
+        self.echo(
+            "  Scripted: an error incident at minute 2-3 and a traffic surge at minute 5-6 "
+            "(watch the alerts). The first results appear after about 30 s. Ctrl-C stops "
+            "everything."
+        )
+
+    def watch(self, run_seconds: float | None, status_every: float) -> None:
+        """Until `run_seconds` have passed (or forever): a status line every `status_every` s,
+        and a DemoError as soon as a part stops by itself."""
+        deadline = time.monotonic() + run_seconds if run_seconds else None
+        next_status = time.monotonic() + status_every
+        while deadline is None or time.monotonic() < deadline:
+            self.check()
+            if time.monotonic() >= next_status:
+                self.status = _status(self.paths.store_url) or self.status
+                self.echo(_status_line(self.producer.sent, self.status, WINDOW))
+                next_status += status_every
+            time.sleep(0.5)
+
+    def check(self) -> None:
+        for child in self.children:
+            child.check()
+        if self.producer.error is not None:
+            raise DemoError(f"the producer failed: {self.producer.error}")
+
+    def stop_processes(self) -> None:
+        """Stop the producer, read the store a last time, stop the children newest first."""
+        if self.producer is not None:
+            self.echo(f"  producer stopped ({self.producer.stop()})")
+        self.status = _status(self.paths.store_url) or self.status
+        for child in reversed(self.children):
+            self.echo(f"  {child.name} {child.stop()}")
+
+    def stop_broker(self) -> None:
+        """Stop the broker if this run started it; say where the store stays."""
+        if self.started_broker:
+            self.broker.down(echo=lambda m: self.echo(f"  {m}"))
+        else:
+            self.echo(f"  broker left running (it was running before the demo): {self.bootstrap}")
+        self.echo(f"Everything the demo started is stopped. Its store stays in {self.paths.root}.")
+
+
 def run_demo(
     settings: Settings | None = None,
     rate: float = 50.0,
@@ -216,159 +429,18 @@ def run_demo(
 
     Returns the last status read from the store (used by the tests).
     """
-    from clickstream.course import reset_topics
-    from clickstream.dashboard.app import check_port, streamlit_command
-    from clickstream.local.broker import LocalBroker
-    from clickstream.source.producer import produce, simulated_records
-    from clickstream.source.simulator import SimConfig
-
-    settings = settings or get_settings()
-    echo = _Echo(echo)
-    check_port("127.0.0.1", port)  # before starting anything: names the fix (--port)
-    paths = DemoPaths(settings.state_dir / "demo")
-    shutil.rmtree(paths.root, ignore_errors=True)
-    paths.root.mkdir(parents=True)
-
-    broker = LocalBroker(settings)
-    started_broker = not settings.is_external and not broker.is_running()
-    broker.up(echo=echo, die_with_parent=True)  # a broker it starts goes when the demo goes
-    bootstrap = settings.bootstrap_servers
-    alerts_topic, quarantine_topic = f"{DEMO_TOPIC}_alerts", f"{DEMO_TOPIC}_quarantine"
-    reset_topics(DEMO_TOPIC, alerts_topic, quarantine_topic, bootstrap=bootstrap)
-    echo(f"Fresh topics {DEMO_TOPIC}, {alerts_topic}, {quarantine_topic} at {bootstrap}.")
-
-    # Ctrl-C, SIGTERM (`kill`) and SIGHUP (a closing terminal) all stop the demo cleanly, even
-    # when the shell that started it ignores SIGINT (background jobs inherit an ignored SIGINT).
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
-    children: list[_Child] = []
-    stop = threading.Event()
-    box: dict = {}
-    producer = None
-    status: dict = {}
+    demo = _Demo(settings or get_settings(), _Echo(echo))
+    demo.prepare(port)
+    signals = _StopSignals()
     try:
-        echo(f"Starting the streaming job (Spark; log: {paths.stream_log})...")
-        children.append(
-            _Child(
-                "streaming job",
-                [
-                    *_cli(),
-                    "stream",
-                    "--topic",
-                    DEMO_TOPIC,
-                    "--bootstrap-servers",
-                    bootstrap,
-                    "--store",
-                    paths.store_url,
-                    "--checkpoint",
-                    str(paths.checkpoint),
-                    "--window",
-                    WINDOW,
-                    "--watermark",
-                    WATERMARK,
-                    "--session-gap",
-                    "1 minute",
-                    "--alerts-topic",
-                    alerts_topic,
-                    "--quarantine-topic",
-                    quarantine_topic,
-                ],
-                paths.stream_log,
-            )
-        )
-        echo(f"Starting the dashboard (log: {paths.dashboard_log})...")
-        dashboard = _Child(
-            "dashboard",
-            streamlit_command(paths.store_url, port, "127.0.0.1", ""),
-            paths.dashboard_log,
-            env={"CLICKSTREAM_STORE": paths.store_url},
-        )
-        children.append(dashboard)
-        url = f"http://localhost:{port}"
-        _wait_healthy(f"http://127.0.0.1:{port}", dashboard)
-
-        now = datetime.now(UTC).replace(microsecond=0)
-        config = SimConfig(
-            seed=int(now.timestamp()),
-            count=10**9,
-            start=iso(now),
-            rate=rate,
-            daily_amplitude=0.0,
-            think_time_s=5.0,
-            incidents=(INCIDENT,),
-            surges=(SURGE,),
-            late_share=0.01,
-            late_delay_s=30.0,
-        )
-
-        def counted(items):
-            for item in items:
-                box["sent"] = box.get("sent", 0) + 1
-                yield item
-
-        def produce_loop() -> None:
-            try:
-                box["summary"] = produce(
-                    counted(simulated_records(config)),
-                    DEMO_TOPIC,
-                    bootstrap,
-                    keep_timing=True,
-                    progress=False,
-                    stop=stop,
-                )
-            except Exception as exc:  # noqa: BLE001 - reported by the main loop
-                box["error"] = exc
-
-        producer = threading.Thread(target=produce_loop, name="demo-producer", daemon=True)
-        producer.start()
-        echo("")
-        echo(f"  Dashboard: {url}   <- open it in your browser")
-        echo("")
-        echo(
-            f"  ~{rate:.0f} events/s of simulated shop traffic into {DEMO_TOPIC}; the streaming "
-            f"job writes {WINDOW} windows to {redact_url(paths.store_url)}."
-        )
-        echo(
-            "  Scripted: an error incident at minute 2-3 and a traffic surge at minute 5-6 "
-            "(watch the alerts). The first results appear after about 30 s. Ctrl-C stops "
-            "everything."
-        )
-        deadline = time.monotonic() + run_seconds if run_seconds else None
-        next_status = time.monotonic() + status_every
-        while deadline is None or time.monotonic() < deadline:
-            for child in children:
-                child.check()
-            if "error" in box:
-                raise DemoError(f"the producer failed: {box['error']}")
-            if time.monotonic() >= next_status:
-                status = _status(paths.store_url) or status
-                echo(_status_line(box.get("sent", 0), status, WINDOW))
-                next_status += status_every
-            time.sleep(0.5)
+        demo.start(rate, port)
+        demo.introduce(rate, port)
+        demo.watch(run_seconds, status_every)
     except KeyboardInterrupt:
-        echo("\nCtrl-C: stopping...")
+        demo.echo("\nCtrl-C: stopping...")
     finally:
-        for sig in handlers:  # nothing interrupts the cleanup: it stops what the demo started
-            signal.signal(sig, _already_stopping)
-        stop.set()
-        if producer is not None:
-            producer.join(timeout=10)
-            sent = box.get("summary")
-            echo(f"  producer stopped ({sent.line() if sent else 'no summary'})")
-        status = _status(paths.store_url) or status
-        for child in reversed(children):
-            # SIGINT is the job's Ctrl-C: it finishes the running micro-batch and exits.
-            if child.name == "streaming job":
-                how = child.stop(signal.SIGINT, timeout=60)
-            else:
-                how = child.stop(signal.SIGTERM, timeout=15)
-            echo(f"  {child.name} {how}")
-        for sig, previous in handlers.items():
-            signal.signal(sig, previous)
-        if started_broker:
-            broker.down(echo=lambda m: echo(f"  {m}"))
-        else:
-            echo(f"  broker left running (it was running before the demo): {bootstrap}")
-        echo(f"Everything the demo started is stopped. Its store stays in {paths.root}.")
-    return status
+        signals.ignore()
+        demo.stop_processes()
+        signals.restore()
+        demo.stop_broker()
+    return demo.status

@@ -368,8 +368,31 @@ def contract_checked(
     time into a VARIANT, which keeps each value's JSON type, and checked exactly as
     `events.validate` does. Valid records -- nearly all of them -- pay for `from_json` only.
     """
-    # The clock is the record's own Kafka timestamp rather than the batch's: the same on every
-    # replay, and a constant-free expression, so Spark compiles the plan once, not per batch.
+    checked = _parsed_once(raw).select(
+        "partition",
+        "offset",
+        "_produced",
+        "_text",
+        "_clean",
+        "_t",
+        F.when(~F.col("_clean"), _exact_check()).alias("_x"),
+    )
+    parsed = _checked_fields(checked)
+    reason = _quarantine_reason(max_ahead, not_before)
+    out = [F.col(f.name) for f in events.FIELDS]
+    return parsed.select(
+        *out,
+        F.when(reason.isNull(), F.col("event_ts")).alias("event_ts"),
+        reason.alias(QUARANTINE_REASON),
+        "partition",
+        "offset",
+        F.col("_text").alias("raw"),
+    )
+
+
+def _parsed_once(raw: DataFrame) -> DataFrame:
+    """The records parsed by `from_json`, typed (`_t`) and as text (`_s`); `_clean` when that is
+    enough, else the record as a VARIANT (`_v`) for the exact check."""
     from pyspark.sql import types as T
 
     text = F.col("value").cast("string")
@@ -383,7 +406,7 @@ def contract_checked(
         F.from_json(text, spark_schema(), _STRICT_JSON).alias("_t"),
         F.from_json(text, as_texts, _STRICT_JSON).alias("_s"),
     ).withColumn("_clean", _clean_record(F.col("_text"), F.col("_t"), F.col("_s")))
-    staged = first.select(
+    return first.select(
         "partition",
         "offset",
         "_produced",
@@ -393,21 +416,38 @@ def contract_checked(
         "_clean",
         F.when(~F.col("_clean"), F.try_parse_json("_text")).alias("_v"),
     )
-    # The exact check, as one struct evaluated only for records `from_json` cannot vouch for.
+
+
+def _exact_check() -> Column:
+    """The exact check, as one struct evaluated only for records `from_json` cannot vouch for:
+    each field read from the VARIANT `_v` (null unless present and of its type), and `reason`."""
     values, checks = [], []
     for f in events.FIELDS:
-        path = f"$.{f.name}"
-        type_name = F.schema_of_variant(F.try_variant_get("_v", path, "variant"))
-        value = F.try_variant_get("_v", path, _SQL_TYPES[f.type])
-        absent = type_name.isNull() | (type_name == "VOID")
-        if f.required and f.type is str:
-            absent = absent | (value == "")
-        ok = _type_ok(f, type_name, value)
-        spark_value = value.cast("int") if f.type is int else value
-        values.append(F.when(~absent & ok, spark_value).alias(f.name))
-        if f.required:
-            checks.append((absent, f"{events.MISSING_FIELD}:{f.name}"))
-        checks.append((~absent & ~ok, f"{events.WRONG_TYPE}:{f.name}"))
+        value, field_checks = _variant_field(f)
+        values.append(value)
+        checks += field_checks
+    return F.struct(*values, _field_reason(checks).alias("reason"))
+
+
+def _variant_field(field) -> tuple[Column, list[tuple[Column, str]]]:
+    """One field of the VARIANT `_v` as its Spark type, and its checks: (condition, reason)."""
+    path = f"$.{field.name}"
+    type_name = F.schema_of_variant(F.try_variant_get("_v", path, "variant"))
+    value = F.try_variant_get("_v", path, _SQL_TYPES[field.type])
+    absent = type_name.isNull() | (type_name == "VOID")
+    if field.required and field.type is str:
+        absent = absent | (value == "")
+    ok = _type_ok(field, type_name, value)
+    spark_value = value.cast("int") if field.type is int else value
+    checks = []
+    if field.required:
+        checks.append((absent, f"{events.MISSING_FIELD}:{field.name}"))
+    checks.append((~absent & ~ok, f"{events.WRONG_TYPE}:{field.name}"))
+    return F.when(~absent & ok, spark_value).alias(field.name), checks
+
+
+def _field_reason(checks: list[tuple[Column, str]]) -> Column:
+    """Why the record in `_v` fails the contract's parsing and field checks (null if it passes)."""
     field_reason = F.when(~F.is_valid_utf8("_text") & ~F.col("_null"), events.NOT_UTF8).when(
         F.col("_v").isNull() | _trailing_data(F.col("_text")), events.NOT_JSON
     )
@@ -416,16 +456,12 @@ def contract_checked(
     )
     for cond, code in checks:
         field_reason = field_reason.when(F.coalesce(cond, F.lit(False)), code)
-    exact = F.struct(*values, field_reason.alias("reason"))
-    checked = staged.select(
-        "partition",
-        "offset",
-        "_produced",
-        "_text",
-        "_clean",
-        "_t",
-        F.when(~F.col("_clean"), exact).alias("_x"),
-    )
+    return field_reason
+
+
+def _checked_fields(checked: DataFrame) -> DataFrame:
+    """Each field from `from_json` (`_t`) for a clean record, else from the exact check (`_x`),
+    with `_field_reason` and the parsed `event_ts`."""
     clean = F.col("_clean")
     parsed = checked.select(
         "partition",
@@ -439,9 +475,15 @@ def contract_checked(
         F.col("_x.reason").alias("_field_reason"),
     )
     valid_time = F.col("event_time").rlike(events.EVENT_TIME_REGEX)
-    parsed = parsed.withColumn("event_ts", F.when(valid_time, F.try_to_timestamp("event_time")))
+    return parsed.withColumn("event_ts", F.when(valid_time, F.try_to_timestamp("event_time")))
+
+
+def _quarantine_reason(max_ahead: str, not_before: str) -> Column:
+    """The record's quarantine reason: the field checks', else its event type's or time's."""
+    # The clock is the record's own Kafka timestamp rather than the batch's: the same on every
+    # replay, and a constant-free expression, so Spark compiles the plan once, not per batch.
     reason = F.when(F.col("_field_reason").isNotNull(), F.col("_field_reason"))
-    reason = (
+    return (
         reason.when(
             ~F.col("event_type").isin(*events.EVENT_TYPES),
             F.concat(F.lit(f"{events.UNKNOWN_EVENT_TYPE}:"), F.substring("event_type", 1, 40)),
@@ -452,15 +494,6 @@ def contract_checked(
             F.col("event_ts") > F.col("_produced") + F.expr(f"interval {max_ahead}"),
             events.TOO_FAR_AHEAD,
         )
-    )
-    out = [F.col(f.name) for f in events.FIELDS]
-    return parsed.select(
-        *out,
-        F.when(reason.isNull(), F.col("event_ts")).alias("event_ts"),
-        reason.alias(QUARANTINE_REASON),
-        "partition",
-        "offset",
-        F.col("_text").alias("raw"),
     )
 
 
@@ -591,18 +624,36 @@ def metric_facts(
     `traffic` (k1 event type), `segments` (country, device, category), `products` (product id,
     category, views/carts/purchases/cents), `window` (errors, user, funnel step); and, with a
     null window, `quarantine` (k1 reason) and `totals` (events, quarantined)."""
-    kind = F.col("event_type")
-    product = F.col("product_id")
     valid = F.col(QUARANTINE_REASON).isNull()
-    category = category_of(categories)
-    is_product_event = product.isNotNull() & kind.isin("page_view", "add_to_cart", "purchase")
-    cents = F.when(kind == "purchase", F.round(F.coalesce("price", F.lit(0.0)) * 100))
+    facts = _event_facts(categories)
+    windowed = window_of(events, window, slide, delay)
+    exploded = windowed.select(
+        "window",
+        F.inline(facts),
+        F.when(valid, _funnel_step()).alias("step"),
+        "event_ts",
+    ).where(F.col("metric").isNotNull())
+    windowless = F.col("metric").isin("quarantine", "totals")
+    return exploded.select(
+        F.when(~windowless, F.col("window")).alias(
+            "window", metadata={WATERMARK_DELAY_KEY: _millis(delay)}
+        ),
+        *[name for name, _ in _FACT_FIELDS],
+        "step",
+        F.when(F.col("metric") == "totals", F.col("event_ts")).alias("latest"),
+    )
+
+
+def _funnel_step() -> Column:
+    """The event as a funnel step (user, session, time, id, code: 0 a product view, 1 an
+    add-to-cart, 2 a purchase), or null when it is none of these."""
+    kind = F.col("event_type")
     code = (
-        F.when(kind == "page_view", F.when(product.isNotNull(), 0))
+        F.when(kind == "page_view", F.when(F.col("product_id").isNotNull(), 0))
         .when(kind == "add_to_cart", 1)
         .when(kind == "purchase", 2)
     )
-    step = F.when(
+    return F.when(
         code.isNotNull(),
         F.struct(
             F.col("user_id").alias("u"),
@@ -612,8 +663,18 @@ def metric_facts(
             code.alias("code"),
         ),
     )
-    windowed = window_of(events, window, slide, delay)
-    facts = F.array(
+
+
+def _event_facts(categories: dict[str, str]) -> Column:
+    """The event's facts, one struct per metric of `metric_facts` (`metric` null where the event
+    does not count), as an array for `inline`."""
+    kind = F.col("event_type")
+    product = F.col("product_id")
+    valid = F.col(QUARANTINE_REASON).isNull()
+    category = category_of(categories)
+    is_product_event = product.isNotNull() & kind.isin("page_view", "add_to_cart", "purchase")
+    cents = F.when(kind == "purchase", F.round(F.coalesce("price", F.lit(0.0)) * 100))
+    return F.array(
         _fact(valid, metric=F.lit("traffic"), k1=kind),
         _fact(
             valid,
@@ -642,21 +703,6 @@ def metric_facts(
         # Totals over the whole stream (a null window: never evicted), once per event.
         _fact(valid & (F.col("window_pos") == 0), metric=F.lit("totals"), k1=F.lit("events")),
         _fact(~valid, metric=F.lit("totals"), k1=F.lit("quarantined")),
-    )
-    exploded = windowed.select(
-        "window",
-        F.inline(facts),
-        F.when(valid, step).alias("step"),
-        "event_ts",
-    ).where(F.col("metric").isNotNull())
-    windowless = F.col("metric").isin("quarantine", "totals")
-    return exploded.select(
-        F.when(~windowless, F.col("window")).alias(
-            "window", metadata={WATERMARK_DELAY_KEY: _millis(delay)}
-        ),
-        *[name for name, _ in _FACT_FIELDS],
-        "step",
-        F.when(F.col("metric") == "totals", F.col("event_ts")).alias("latest"),
     )
 
 
@@ -749,12 +795,17 @@ def session_metrics(
     sessions = valid.groupBy("user_id", "session_id", F.session_window("event_ts", gap)).agg(
         F.array_sort(F.collect_set(step)).alias("steps")
     )
-    gap_us = _seconds(gap) * 1_000_000
     size = _seconds(window) * 1_000_000
     every = (_seconds(slide) if slide else _seconds(window)) * 1_000_000
-    n = -(-size // every)
-    first, last = F.col("steps")[0]["t"], F.element_at("steps", -1)["t"]
-    transitions = F.transform(
+    session_row = _session_row(_seconds(gap) * 1_000_000)
+    paths = F.transform(_step_transitions(), lambda tr: _path_rows(tr, size, every))
+    rows = F.concat(F.array(session_row), F.flatten(paths))
+    return sessions.select(F.explode(rows).alias("r")).select("r.*")
+
+
+def _step_transitions() -> Column:
+    """The session's consecutive `steps`, pairwise: (from_page, to_page, t of the later step)."""
+    return F.transform(
         F.arrays_zip(
             F.expr("slice(steps, 1, size(steps) - 1)"), F.expr("slice(steps, 2, size(steps))")
         ),
@@ -764,7 +815,12 @@ def session_metrics(
             p["1"]["t"].alias("t"),
         ),
     )
-    session_row = F.struct(
+
+
+def _session_row(gap_us: int) -> Column:
+    """The `session` row of a session's `steps`: first event to last event plus the gap."""
+    first, last = F.col("steps")[0]["t"], F.element_at("steps", -1)["t"]
+    return F.struct(
         F.lit("session").alias("metric"),
         F.timestamp_micros(first).alias("window_start"),
         F.timestamp_micros(last + gap_us).alias("window_end"),
@@ -774,28 +830,29 @@ def session_metrics(
         (last - first).alias("duration_us"),
     )
 
-    def path_rows(tr):
-        t = tr["t"]
-        lastw = t - F.pmod(t, F.lit(every))
-        starts = F.filter(
-            F.transform(F.sequence(F.lit(0), F.lit(n - 1)), lambda k: lastw - k * every),
-            lambda s: s > t - size,
-        )
-        return F.transform(
-            starts,
-            lambda s: F.struct(
-                F.lit("path").alias("metric"),
-                F.timestamp_micros(s).alias("window_start"),
-                F.timestamp_micros(s + size).alias("window_end"),
-                tr["from_page"].alias("k1"),
-                tr["to_page"].alias("k2"),
-                F.lit(1).cast("long").alias("n"),
-                F.lit(None).cast("long").alias("duration_us"),
-            ),
-        )
 
-    rows = F.concat(F.array(session_row), F.flatten(F.transform(transitions, path_rows)))
-    return sessions.select(F.explode(rows).alias("r")).select("r.*")
+def _path_rows(tr: Column, size: int, every: int) -> Column:
+    """A transition's `path` rows: one per window (`size` long, starting every `every`
+    microseconds) that holds its later step."""
+    n = -(-size // every)
+    t = tr["t"]
+    lastw = t - F.pmod(t, F.lit(every))
+    starts = F.filter(
+        F.transform(F.sequence(F.lit(0), F.lit(n - 1)), lambda k: lastw - k * every),
+        lambda s: s > t - size,
+    )
+    return F.transform(
+        starts,
+        lambda s: F.struct(
+            F.lit("path").alias("metric"),
+            F.timestamp_micros(s).alias("window_start"),
+            F.timestamp_micros(s + size).alias("window_end"),
+            tr["from_page"].alias("k1"),
+            tr["to_page"].alias("k2"),
+            F.lit(1).cast("long").alias("n"),
+            F.lit(None).cast("long").alias("duration_us"),
+        ),
+    )
 
 
 # -- aggregated rows -> serving-store rows ---------------------------------------------------
@@ -818,50 +875,56 @@ def window_metric_rows(rows) -> tuple[dict[str, list[dict]], dict]:
             if r.get("latest") is not None:
                 totals["latest"] = r["latest"]
             continue
-        bounds = {"window_start": iso(r["window_start"]), "window_end": iso(r["window_end"])}
-        if metric == "traffic":
-            out["traffic"].append({**bounds, "event_type": r["k1"], "count": r["n"]})
-        elif metric == "segments":
-            out["segments"].append(
-                {
-                    **bounds,
-                    "country": r["k1"],
-                    "device": r["k2"],
-                    "category": r["k3"],
-                    "count": r["n"],
-                }
-            )
-        elif metric == "products":
-            out["products"].append(
-                {
-                    **bounds,
-                    "product_id": r["k1"],
-                    "category": r["k2"],
-                    "views": r["views"],
-                    "carts": r["carts"],
-                    "purchases": r["purchases"],
-                    "revenue": r["cents"] / 100,
-                }
-            )
-        elif metric == "window":
-            out["active_users"].append({**bounds, "users": r["users"]})
-            out["funnel"].append(
-                {
-                    **bounds,
-                    "viewed": r["viewed"],
-                    "carted": r["carted"],
-                    "purchased": r["purchased"],
-                }
-            )
-            out["errors"].append(
-                {
-                    **bounds,
-                    "events": r["n"],
-                    "errors": r["errors"],
-                    "error_rate": r["errors"] / r["n"],
-                }
-            )
+        for name, stored in _windowed_store_rows(r).items():
+            out[name].append(stored)
     return out, totals
+
+
+def _windowed_store_rows(r: dict) -> dict[str, dict]:
+    """One windowed row of `window_metrics` -> its serving-store row per metric name."""
+    bounds = {"window_start": iso(r["window_start"]), "window_end": iso(r["window_end"])}
+    metric = r["metric"]
+    if metric == "traffic":
+        return {"traffic": {**bounds, "event_type": r["k1"], "count": r["n"]}}
+    if metric == "segments":
+        return {
+            "segments": {
+                **bounds,
+                "country": r["k1"],
+                "device": r["k2"],
+                "category": r["k3"],
+                "count": r["n"],
+            }
+        }
+    if metric == "products":
+        return {
+            "products": {
+                **bounds,
+                "product_id": r["k1"],
+                "category": r["k2"],
+                "views": r["views"],
+                "carts": r["carts"],
+                "purchases": r["purchases"],
+                "revenue": r["cents"] / 100,
+            }
+        }
+    if metric == "window":
+        return {
+            "active_users": {**bounds, "users": r["users"]},
+            "funnel": {
+                **bounds,
+                "viewed": r["viewed"],
+                "carted": r["carted"],
+                "purchased": r["purchased"],
+            },
+            "errors": {
+                **bounds,
+                "events": r["n"],
+                "errors": r["errors"],
+                "error_rate": r["errors"] / r["n"],
+            },
+        }
+    return {}
 
 
 def session_metric_rows(rows) -> tuple[list[dict], dict[tuple, int]]:

@@ -106,6 +106,21 @@ def get_spark(
     master = master or settings.spark_master
     if shuffle_partitions is None:
         shuffle_partitions = default_shuffle_partitions(master)
+    driver_opts, executor_opts = _java_options(settings, java)
+    session_conf = _session_conf(master, jars, shuffle_partitions, ui, driver_opts, executor_opts)
+    from clickstream.process.pipeline import STATE_STORE_CONF
+
+    builder = SparkSession.builder.appName(app_name).master(master)
+    for key, value in {**session_conf, **STATE_STORE_CONF, **(conf or {})}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def _java_options(settings: Settings, java: JavaInfo) -> tuple[str, str]:
+    """The JVM options of the driver and of the executors: quiet logs, and for the driver the
+    class-data archive."""
     java_opts = [
         f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}",
         f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}",
@@ -116,42 +131,44 @@ def get_spark(
     # the executors' too: they run in the driver's JVM).
     java_opts += class_archive_options(class_archive(settings, java))
     driver_opts = " ".join(shlex.quote(o) for o in java_opts)
-    builder = (
-        SparkSession.builder.appName(app_name)
-        .master(master)
-        .config("spark.jars", ",".join(str(j) for j in jars))
-        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-        .config("spark.default.parallelism", str(shuffle_partitions))
-        .config("spark.ui.enabled", "true" if ui else "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.extraJavaOptions", driver_opts)
-        .config("spark.executor.extraJavaOptions", executor_opts)
-        .config("spark.sql.streaming.forceDeleteTempCheckpointLocation", "true")
-        .config("spark.sql.adaptive.enabled", "false")  # streaming ignores it; keep plans stable
+    return driver_opts, executor_opts
+
+
+def _session_conf(
+    master: str,
+    jars: list[Path],
+    shuffle_partitions: int,
+    ui: bool,
+    driver_opts: str,
+    executor_opts: str,
+) -> dict[str, str]:
+    """The session's settings before `STATE_STORE_CONF` and the caller's `conf`."""
+    session_conf = {
+        "spark.jars": ",".join(str(j) for j in jars),
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.default.parallelism": str(shuffle_partitions),
+        "spark.ui.enabled": "true" if ui else "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.extraJavaOptions": driver_opts,
+        "spark.executor.extraJavaOptions": executor_opts,
+        "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+        "spark.sql.adaptive.enabled": "false",  # streaming ignores it; keep plans stable
         # The job's plans have many columns: print them whole instead of warning on every start.
-        .config("spark.sql.debug.maxToStringFields", "1000")
-        .config("spark.driver.memory", os.environ.get("CLICKSTREAM_DRIVER_MEMORY", "2g"))
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.driver.host", "127.0.0.1")
-    )
+        "spark.sql.debug.maxToStringFields": "1000",
+        "spark.driver.memory": os.environ.get("CLICKSTREAM_DRIVER_MEMORY", "2g"),
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": "127.0.0.1",
+    }
     if master.startswith("spark://"):
         # Executors must fit the workers of a laptop-sized cluster (Spark asks for 1g each by
         # default and waits forever when no worker has that much).
-        builder = (
-            builder.config(
-                "spark.executor.memory", os.environ.get("CLICKSTREAM_EXECUTOR_MEMORY", "512m")
-            )
-            .config("spark.executor.cores", "1")
-            .config("spark.pyspark.python", sys.executable)
+        session_conf["spark.executor.memory"] = os.environ.get(
+            "CLICKSTREAM_EXECUTOR_MEMORY", "512m"
         )
-    from clickstream.process.pipeline import STATE_STORE_CONF
-
-    for key, value in {**STATE_STORE_CONF, **(conf or {})}.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
+        session_conf["spark.executor.cores"] = "1"
+        session_conf["spark.pyspark.python"] = sys.executable
+    return session_conf
 
 
 def class_archive(settings: Settings | None = None, java: JavaInfo | None = None) -> Path:

@@ -389,15 +389,7 @@ class StreamJob:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> StreamHandle:
         """Check the checkpoint against the topic and store, then start the Spark queries."""
-        self.store = open_store(self.config.store_url)
-        try:
-            if self.config.reset:
-                self.reset()
-            self.preflight()
-            self.sessions_store = open_store(self.config.store_url)
-        except BaseException:
-            self.close()
-            raise
+        self._open_stores()
         spark = self.spark
         if spark is None:
             from clickstream.process.spark import get_spark
@@ -407,43 +399,9 @@ class StreamJob:
         self.store.use_spark(spark)  # PostgreSQL: batches go in through Spark's JDBC writer
         self.sessions_store.use_spark(spark)
         built = self.given_queries or build_queries(spark, self.config)
-        cfg = self.config
-
-        def trigger(writer, every: str = cfg.trigger, name: str = "--trigger"):
-            if cfg.available_now:
-                return writer.trigger(availableNow=True)
-            trigger_ms = max(1, duration_us(every, name) // 1000)
-            return writer.trigger(processingTime=f"{trigger_ms} milliseconds")
-
-        def side_trigger(writer):
-            return trigger(writer, cfg.side_trigger, "--side-trigger")
-
         self._began = time.monotonic()
         try:
-            self.queries.append(
-                trigger(
-                    built.windows.writeStream.outputMode("update")
-                    .queryName(f"{JOB}-windows-{os.getpid()}-{id(self)}")
-                    .foreachBatch(self._on_windows)
-                    .option("checkpointLocation", str(self.spark_dir))
-                ).start()
-            )
-            self.queries.append(
-                side_trigger(
-                    built.sessions.writeStream.outputMode("append")
-                    .foreachBatch(self._on_sessions)
-                    .option("checkpointLocation", str(self.sessions_dir))
-                ).start()
-            )
-            if built.quarantine is not None:
-                self.queries.append(
-                    side_trigger(
-                        built.quarantine.writeStream.format("kafka")
-                        .option("kafka.bootstrap.servers", cfg.bootstrap_servers)
-                        .option("topic", cfg.quarantine_topic)
-                        .option("checkpointLocation", str(self.quarantine_dir))
-                    ).start()
-                )
+            self._start_queries(built)
         except BaseException:
             for query in self.queries:
                 try:
@@ -453,6 +411,52 @@ class StreamJob:
             self.close()
             raise
         return StreamHandle(self, self.queries)
+
+    def _open_stores(self) -> None:
+        """Open the store (one connection per query), after `reset` and the preflight check."""
+        self.store = open_store(self.config.store_url)
+        try:
+            if self.config.reset:
+                self.reset()
+            self.preflight()
+            self.sessions_store = open_store(self.config.store_url)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_queries(self, built: Queries) -> None:
+        """Start the windows query, then the sessions and quarantine queries (`self.queries`)."""
+        cfg = self.config
+        windows = (
+            built.windows.writeStream.outputMode("update")
+            .queryName(f"{JOB}-windows-{os.getpid()}-{id(self)}")
+            .foreachBatch(self._on_windows)
+            .option("checkpointLocation", str(self.spark_dir))
+        )
+        self.queries.append(self._triggered(windows, cfg.trigger, "--trigger").start())
+        sessions = (
+            built.sessions.writeStream.outputMode("append")
+            .foreachBatch(self._on_sessions)
+            .option("checkpointLocation", str(self.sessions_dir))
+        )
+        self.queries.append(self._triggered(sessions, cfg.side_trigger, "--side-trigger").start())
+        if built.quarantine is not None:
+            quarantine = (
+                built.quarantine.writeStream.format("kafka")
+                .option("kafka.bootstrap.servers", cfg.bootstrap_servers)
+                .option("topic", cfg.quarantine_topic)
+                .option("checkpointLocation", str(self.quarantine_dir))
+            )
+            self.queries.append(
+                self._triggered(quarantine, cfg.side_trigger, "--side-trigger").start()
+            )
+
+    def _triggered(self, writer, every: str, name: str):
+        """`writer` with the job's trigger: what is available now, else one batch per `every`."""
+        if self.config.available_now:
+            return writer.trigger(availableNow=True)
+        trigger_ms = max(1, duration_us(every, name) // 1000)
+        return writer.trigger(processingTime=f"{trigger_ms} milliseconds")
 
     def reset(self) -> None:
         """Delete the checkpoint and the store's contents (start over)."""
@@ -498,45 +502,66 @@ class StreamJob:
         identity = cfg.identity()
         meta_path = self.checkpoint / "job.json"
         if meta_path.exists():
-            try:
-                saved = json.loads(meta_path.read_text())
-            except ValueError:
-                saved = {}
-            if isinstance(saved.get("store_url"), str):
-                # Earlier versions saved the whole URL, password included.
-                saved["store_url"] = without_credentials(saved["store_url"])
-            diffs = [
-                f"{k} {saved.get(k)!r} (now {v!r})"
-                for k, v in identity.items()
-                if saved.get(k) != v
-            ]
-            if diffs:
-                raise CheckpointMismatchError(
-                    f"The checkpoint {self.checkpoint} was made with other settings: "
-                    f"{'; '.join(diffs)}. Its offsets and state would mix with this run's. Use "
-                    "`clickstream stream --reset` to start over (this deletes the checkpoint and "
-                    "the store's contents), or give this run its own --checkpoint DIR."
-                )
+            self._check_identity(meta_path, identity)
         offsets = self._topic_offsets(cfg.topic)
         planned, saved_offsets, committed = checkpoint_offsets(self.spark_dir)
         if not offsets:
-            if planned is not None:
-                raise CheckpointMismatchError(
-                    f"Topic {cfg.topic} does not exist at {cfg.bootstrap_servers}, but the "
-                    f"checkpoint {self.checkpoint} has read it up to batch {planned}: was it "
-                    "deleted? Start over with `clickstream stream --reset`."
-                )
-            if cfg.available_now:
-                raise StreamJobError(
-                    f"Topic {cfg.topic} does not exist at {cfg.bootstrap_servers}: there is "
-                    f"nothing to read. Produce to it first (`clickstream produce --topic "
-                    f"{cfg.topic}`)."
-                )
-            ensure_topic(cfg.topic, bootstrap=cfg.bootstrap_servers)
-            self.echo(f"created topic {cfg.topic}; waiting for events")
+            self._missing_topic(planned)
         if saved_offsets:
             self._check_offsets(saved_offsets, offsets)
-        shown_store = redact_url(cfg.store_url)
+        self._check_windows_batches(planned, committed)
+        self._check_sessions_batches()
+        self.checkpoint.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps(identity, indent=2) + "\n")
+        for topic in (cfg.alerts_topic, cfg.quarantine_topic):
+            if topic:
+                ensure_topic(topic, partitions=1, bootstrap=cfg.bootstrap_servers)
+
+    def _check_identity(self, meta_path: Path, identity: dict) -> None:
+        """The settings saved with the checkpoint (`job.json`) must be this run's."""
+        try:
+            saved = json.loads(meta_path.read_text())
+        except ValueError:
+            saved = {}
+        if isinstance(saved.get("store_url"), str):
+            # Earlier versions saved the whole URL, password included.
+            saved["store_url"] = without_credentials(saved["store_url"])
+        diffs = [
+            f"{k} {saved.get(k)!r} (now {v!r})" for k, v in identity.items() if saved.get(k) != v
+        ]
+        if diffs:
+            raise CheckpointMismatchError(
+                f"The checkpoint {self.checkpoint} was made with other settings: "
+                f"{'; '.join(diffs)}. Its offsets and state would mix with this run's. Use "
+                "`clickstream stream --reset` to start over (this deletes the checkpoint and "
+                "the store's contents), or give this run its own --checkpoint DIR."
+            )
+
+    def _missing_topic(self, planned: int | None) -> None:
+        """The topic does not exist: create it, unless the checkpoint has read it (it was
+        deleted) or this run only reads what is there now."""
+        from clickstream.ingest.kafka_io import ensure_topic
+
+        cfg = self.config
+        if planned is not None:
+            raise CheckpointMismatchError(
+                f"Topic {cfg.topic} does not exist at {cfg.bootstrap_servers}, but the "
+                f"checkpoint {self.checkpoint} has read it up to batch {planned}: was it "
+                "deleted? Start over with `clickstream stream --reset`."
+            )
+        if cfg.available_now:
+            raise StreamJobError(
+                f"Topic {cfg.topic} does not exist at {cfg.bootstrap_servers}: there is "
+                f"nothing to read. Produce to it first (`clickstream produce --topic "
+                f"{cfg.topic}`)."
+            )
+        ensure_topic(cfg.topic, bootstrap=cfg.bootstrap_servers)
+        self.echo(f"created topic {cfg.topic}; waiting for events")
+
+    def _check_windows_batches(self, planned: int | None, committed: int | None) -> None:
+        """The store's last batch of the windows query must lie between the checkpoint's last
+        committed batch and its last planned one, and the detector's state after it must exist."""
+        shown_store = redact_url(self.config.store_url)
         stored = self.store.last_batch(JOB)
         self._applied = stored
         s = -1 if stored is None else stored
@@ -567,23 +592,21 @@ class StreamJob:
                 f"The anomaly detector's state for batch {s} is missing from "
                 f"{self.detector_files.dir}. Start over with `clickstream stream --reset`."
             )
-        # The sessions query: its own checkpoint and its own batches in the store.
+
+    def _check_sessions_batches(self) -> None:
+        """The sessions query: its own checkpoint and its own batches in the store."""
         _, _, sessions_committed = checkpoint_offsets(self.sessions_dir)
         self._sessions_applied = self.store.last_batch(SESSIONS_JOB)
         ss = -1 if self._sessions_applied is None else self._sessions_applied
         sc = -1 if sessions_committed is None else sessions_committed
         if ss < sc or (sc < 0 and ss >= 0 and not self.sessions_dir.exists()):
+            shown_store = redact_url(self.config.store_url)
             raise CheckpointMismatchError(
                 f"The store and the checkpoint disagree: the store {shown_store} holds "
                 f"sessions up to batch {ss}, the checkpoint {self.sessions_dir} has committed "
                 f"{sc}. Continuing would count sessions twice or not at all. Start over with "
                 "`clickstream stream --reset`."
             )
-        self.checkpoint.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps(identity, indent=2) + "\n")
-        for topic in (cfg.alerts_topic, cfg.quarantine_topic):
-            if topic:
-                ensure_topic(topic, partitions=1, bootstrap=cfg.bootstrap_servers)
 
     def _topic_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
         from clickstream.ingest.kafka_io import _bootstrap_errors, topic_offsets, unreachable
