@@ -12,7 +12,7 @@ from pyspark.errors import PySparkException
 
 from clickstream.config import get_settings
 from clickstream.errors import BrokerNotReachable
-from clickstream.ingest.kafka_io import _admin, ensure_topic, read_all, send_all
+from clickstream.ingest.kafka_io import admin_client, ensure_topic, read_all, send_all
 from clickstream.ingest.security import KafkaSecurity, SecurityConfigError, combined_pem
 from clickstream.local.broker import LocalBroker, free_port
 
@@ -96,12 +96,12 @@ def test_tls_client_connects_and_plain_client_is_refused(tls_broker, monkeypatch
     use(monkeypatch, KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=tls_broker["ca"])
     assert round_trip(tls_broker["ssl"], "tls_topic") == [b"secure-%d" % i for i in range(50)]
     use(monkeypatch)  # no TLS settings: the TLS listener does not speak to it
-    with pytest.raises(BrokerNotReachable):
-        _admin(tls_broker["ssl"]).list_topics()
+    with pytest.raises(BrokerNotReachable), admin_client(tls_broker["ssl"]) as admin:
+        admin.list_topics()
     # Without the CA, the self-signed certificate is not trusted.
     use(monkeypatch, KAFKA_SECURITY_PROTOCOL="SSL")
-    with pytest.raises(BrokerNotReachable):
-        _admin(tls_broker["ssl"]).list_topics()
+    with pytest.raises(BrokerNotReachable), admin_client(tls_broker["ssl"]) as admin:
+        admin.list_topics()
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
@@ -124,8 +124,11 @@ def test_sasl_over_tls(tls_broker, monkeypatch, mechanism):
         KAFKA_SASL_PASSWORD="wrong",
         KAFKA_SSL_CAFILE=tls_broker["ca"],
     )
-    with pytest.raises((KafkaError, BrokerNotReachable)) as err:
-        _admin(tls_broker["sasl"]).list_topics()
+    with (
+        pytest.raises((KafkaError, BrokerNotReachable)) as err,
+        admin_client(tls_broker["sasl"]) as admin,
+    ):
+        admin.list_topics()
     text = f"{type(err.value).__name__} {err.value}".lower()
     assert "auth" in text or "no kafka broker answered" in text
 

@@ -168,15 +168,20 @@ def topic_offsets(topic: str, bootstrap: str | None = None) -> dict[int, tuple[i
     from kafka import KafkaConsumer, TopicPartition
 
     bootstrap = bootstrap or get_settings().bootstrap_servers
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, client_id="clickstream-offsets", **client_security()
-    )
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, client_id="clickstream-offsets", **client_security()
+        )
+    except _bootstrap_errors() as exc:
+        raise unreachable(bootstrap, exc) from None
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         begin = consumer.beginning_offsets(tps)
         end = consumer.end_offsets(tps)
         return {tp.partition: (begin[tp], end[tp]) for tp in tps}
+    except _bootstrap_errors() as exc:
+        raise unreachable(bootstrap, exc) from None
     finally:
         consumer.close()
 

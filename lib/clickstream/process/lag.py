@@ -58,15 +58,12 @@ def _end_offsets(bootstrap: str, topics: set[str]) -> dict[tuple[str, int], int]
 
 def group_lag(bootstrap: str, groups: list[str] | None = None) -> list[PartitionLag]:
     """Lag of consumer groups (all groups that committed offsets, unless `groups` is given)."""
-    from clickstream.ingest.kafka_io import _admin
+    from clickstream.ingest.kafka_io import admin_client
 
-    admin = _admin(bootstrap)
-    try:
+    with admin_client(bootstrap) as admin:
         if groups is None:
             groups = sorted(g["group_id"] for g in admin.list_groups())
         committed = {g: admin.list_group_offsets(g).get(g, {}) for g in groups}
-    finally:
-        admin.close()
     topics = {tp.topic for offsets in committed.values() for tp in offsets}
     ends = _end_offsets(bootstrap, topics) if topics else {}
     rows = []

@@ -609,12 +609,9 @@ class StreamJob:
             )
 
     def _topic_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
-        from clickstream.ingest.kafka_io import _bootstrap_errors, topic_offsets, unreachable
+        from clickstream.ingest.kafka_io import topic_offsets
 
-        try:
-            return topic_offsets(topic, self.config.bootstrap_servers)
-        except _bootstrap_errors():
-            raise unreachable(self.config.bootstrap_servers) from None
+        return topic_offsets(topic, self.config.bootstrap_servers)
 
     def _check_offsets(self, saved: dict, offsets: dict[int, tuple[int, int]]) -> None:
         topic = self.config.topic
