@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
+
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError
-from clickstream.processes import WaitTimeout, die_with_parent, wait_until
+from clickstream.processes import WaitTimeout, alive, die_with_parent, wait_until
 from clickstream.redact import redact_url
 from clickstream.times import iso
 
@@ -131,8 +133,31 @@ class _Child:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
                 how = f"did not stop within {self.stop_timeout:.0f} s: killed"
+        _end_group(self.proc.pid)
         self._log.close()
         return f"{how} ({time.monotonic() - started:.1f} s)"
+
+
+def _end_group(pgid: int) -> None:
+    """Stop what is left of a child's process group once the child itself has ended: a job
+    interrupted while Spark was still starting leaves Spark's JVM behind otherwise. The group
+    is the child's own session, so nothing else is in it."""
+
+    def members() -> list[int]:
+        found = []
+        for p in psutil.process_iter(["pid"]):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(p.pid) == pgid and alive(p.pid):
+                    found.append(p.pid)
+        return found
+
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        if not members():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: not members(), grace, f"process group {pgid} to end")
 
 
 def _interrupt(signum, frame) -> None:

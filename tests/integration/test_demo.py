@@ -100,7 +100,7 @@ def test_demo_serves_the_dashboard_on_live_results_and_stops_everything(bootstra
     assert leftover.stdout.strip() == "", "a process the demo started is still running"
 
 
-@pytest.mark.parametrize("how", ["killed"])
+@pytest.mark.parametrize("how", ["killed", "hung_up"])
 def test_no_process_of_the_demo_outlives_it(how, tmp_path):
     """`kill -9` of the demo, or its terminal closing while `tee` (its output) is already gone:
     the broker, the streaming job (and Spark's JVM) and the dashboard it started all stop."""
