@@ -1214,7 +1214,7 @@ def metrics_command(name, store_url, as_json, since, until, limit, where):
 @_json_option()
 def bench_anomalies(hours, rate, window, incidents, surges, seed, as_json):
     """Recall and false alerts of the anomaly detector over a long simulated stream."""
-    from clickstream.process.anomaly import bench as run
+    from clickstream.bench.anomalies import bench as run
 
     result = run(
         hours=hours,

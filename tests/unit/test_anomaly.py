@@ -9,17 +9,8 @@ import subprocess
 
 import pytest
 
-from clickstream.process.anomaly import (
-    ERROR_SPIKE,
-    SURGE,
-    AnomalyBenchError,
-    AnomalyDetector,
-    DetectorConfig,
-    bench,
-    detect,
-    random_scenario,
-    score,
-)
+from clickstream.bench.anomalies import AnomalyBenchError, bench, random_scenario, score
+from clickstream.process.anomaly import ERROR_SPIKE, SURGE, AnomalyDetector, DetectorConfig, detect
 from clickstream.times import iso_us
 from tests.conftest import CLICKSTREAM
 

@@ -2,5 +2,6 @@
 and the machine.
 
 `produce` (events per second per Kafka client, beside Kafka's own tool), `stream` (the job
-against a bare Spark read, and live latency) and `dashboard` (refresh times over a week of data).
+against a bare Spark read, and live latency), `dashboard` (refresh times over a week of data)
+and `anomalies` (the detector's recall and false alerts over a long simulated stream).
 """
