@@ -72,7 +72,7 @@ def _duration(minimum_s: int = 0, whole_seconds: bool = False) -> _Checked:
     """A duration as the streaming job reads it ('10 seconds', '1 minute', '90s')."""
 
     def check(text: str) -> str:
-        from clickstream.process.stream import duration_us
+        from clickstream.times import duration_us
 
         try:
             us = duration_us(text)

@@ -29,3 +29,7 @@ class BrokerNotReachable(ClickstreamError):
 
 class ConnectorMismatchError(ClickstreamError):
     """The Spark Kafka connector version differs from the installed PySpark."""
+
+
+class StreamJobError(ClickstreamError):
+    """The streaming job cannot start or has failed (a bad setting among them)."""

@@ -7,7 +7,10 @@ parses them here. (Event times on the wire keep milliseconds: see `clickstream.e
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+
+from clickstream.errors import StreamJobError
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -52,3 +55,40 @@ def epoch_seconds(value) -> float:
 def to_us(dt: datetime) -> int:
     """Aware datetime -> epoch microseconds, exactly (no float rounding)."""
     return (dt - _EPOCH) // _ONE_US
+
+
+# -- durations, as the job's settings give them ('10 seconds', '1 minute') ----------------------
+_UNITS = {
+    "ms": 1_000,
+    "millisecond": 1_000,
+    "milliseconds": 1_000,
+    "s": _US,
+    "sec": _US,
+    "secs": _US,
+    "second": _US,
+    "seconds": _US,
+    "m": 60 * _US,
+    "min": 60 * _US,
+    "mins": 60 * _US,
+    "minute": 60 * _US,
+    "minutes": 60 * _US,
+    "h": 3600 * _US,
+    "hour": 3600 * _US,
+    "hours": 3600 * _US,
+    "d": 86400 * _US,
+    "day": 86400 * _US,
+    "days": 86400 * _US,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*$")
+
+
+def duration_us(text: str, name: str = "duration") -> int:
+    """'10 seconds', '1 minute', '90s', '2 min' -> microseconds."""
+    match = _DURATION.match(str(text))
+    unit = match and _UNITS.get(match.group(2).lower())
+    if not match or not unit:
+        raise StreamJobError(
+            f"{name} {text!r} is not a duration: write it like '10 seconds', '1 minute', '2 "
+            "minutes' or '1 hour'."
+        )
+    return round(float(match.group(1)) * unit)

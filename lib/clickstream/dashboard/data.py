@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from clickstream.process.stream import SESSIONS_JOB
-from clickstream.serve.rollups import SESSION_BANDS, bucket, grain_for, table_name
+from clickstream.serve.rollups import bucket, grain_for
+from clickstream.serve.schema import SESSION_BANDS, table_name
 from clickstream.serve.store import (
     Store,
     StoreError,

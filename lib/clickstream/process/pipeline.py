@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from clickstream import events
 from clickstream.events import spark_schema
-from clickstream.times import iso
+from clickstream.times import duration_us, iso
 
 
 def read_kafka(
@@ -522,8 +522,6 @@ WATERMARK_DELAY_KEY = "spark.watermarkDelayMs"  # how Spark marks a column as ev
 
 
 def _millis(text: str) -> int:
-    from clickstream.process.stream import duration_us
-
     return duration_us(text) // 1000
 
 
@@ -947,21 +945,6 @@ def session_metric_rows(rows) -> tuple[list[dict], dict[tuple, int]]:
             key = (iso(r["window_start"]), iso(r["window_end"]), r["k1"], r["k2"])
             paths[key] = paths.get(key, 0) + r["n"]
     return sessions, paths
-
-
-STATE_STORE_CONF = {
-    # Spark's state (windows, seen ids, sessions) in RocksDB, with changelog checkpointing: each
-    # micro-batch writes only the changes, and a restart replays them onto the last snapshot.
-    "spark.sql.streaming.stateStore.providerClass": (
-        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
-    ),
-    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
-    # JSON objects with a repeated key: the last value wins, as in Python's json module.
-    "spark.sql.variant.allowDuplicateKeys": "true",
-    # The windowed aggregation keeps exact user sets and funnel steps (collect_set/list): let
-    # its hash aggregation hold more keys before it falls back to sorting.
-    "spark.sql.objectHashAggregate.sortBased.fallbackThreshold": "100000",
-}
 
 
 def quarantine_messages(checked: DataFrame, source_topic: str) -> DataFrame:

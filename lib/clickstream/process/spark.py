@@ -76,6 +76,21 @@ def default_shuffle_partitions(master: str) -> int:
     return 4
 
 
+STATE_STORE_CONF = {
+    # Spark's state (windows, seen ids, sessions) in RocksDB, with changelog checkpointing: each
+    # micro-batch writes only the changes, and a restart replays them onto the last snapshot.
+    "spark.sql.streaming.stateStore.providerClass": (
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+    ),
+    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+    # JSON objects with a repeated key: the last value wins, as in Python's json module.
+    "spark.sql.variant.allowDuplicateKeys": "true",
+    # The windowed aggregation keeps exact user sets and funnel steps (collect_set/list): let
+    # its hash aggregation hold more keys before it falls back to sorting.
+    "spark.sql.objectHashAggregate.sortBased.fallbackThreshold": "100000",
+}
+
+
 def get_spark(
     app_name: str = "clickstream",
     master: str | None = None,
@@ -108,8 +123,6 @@ def get_spark(
         shuffle_partitions = default_shuffle_partitions(master)
     driver_opts, executor_opts = _java_options(settings, java)
     session_conf = _session_conf(master, jars, shuffle_partitions, ui, driver_opts, executor_opts)
-    from clickstream.process.pipeline import STATE_STORE_CONF
-
     builder = SparkSession.builder.appName(app_name).master(master)
     for key, value in {**session_conf, **STATE_STORE_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
@@ -193,67 +206,8 @@ def build_class_archive(
     settings = settings or get_settings()
     return record_class_archive(
         class_archive(settings),
-        "from clickstream.process.spark import exercise_spark; exercise_spark()",
+        "from clickstream.process.stream import exercise_spark; exercise_spark()",
         "Spark",
         echo,
         env={"CLICKSTREAM_CACHE_DIR": str(settings.cache_dir)},
     )
-
-
-def exercise_spark() -> None:
-    """Start Spark and run the streaming job's queries over a few hundred simulated events read
-    from a file (no broker needed), so that the JVM loads the classes the course uses."""
-    import tempfile
-
-    from pyspark.sql import functions as F
-
-    from clickstream.process.pipeline import session_metric_rows, window_metric_rows
-    from clickstream.process.stream import StreamConfig, build_queries
-    from clickstream.source.simulator import SimConfig, Simulator
-
-    spark = get_spark("clickstream-class-archive")
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp, "events")
-        source.mkdir()
-        config = SimConfig(seed=1, count=600, duplicate_count=10, malformed_count=10)
-        lines = [r.value.decode("utf-8", "replace") for r in Simulator(config).records()]
-        (source / "events.json").write_text("".join(v + "\n" for v in lines if "\n" not in v))
-        raw = (
-            spark.readStream.format("text")
-            .load(str(source))
-            .select(
-                F.lit(None).cast("binary").alias("key"),
-                F.col("value").cast("binary").alias("value"),
-                F.lit("events").alias("topic"),
-                F.lit(0).alias("partition"),
-                F.lit(0).cast("long").alias("offset"),
-                F.current_timestamp().alias("timestamp"),
-                F.lit(0).alias("timestampType"),
-            )
-        )
-        job = StreamConfig.create(
-            topic="events",
-            store_url=f"sqlite:///{tmp}/store.db",
-            checkpoint=Path(tmp, "checkpoint"),
-            window="10 seconds",
-            watermark="30 seconds",
-            session_gap="30 seconds",
-        )
-        built = build_queries(spark, job, raw=raw)
-        writers = [
-            built.windows.writeStream.outputMode("update").foreachBatch(
-                lambda df, _: window_metric_rows(df.collect())
-            ),
-            built.sessions.writeStream.outputMode("append").foreachBatch(
-                lambda df, _: session_metric_rows(df.collect())
-            ),
-            built.quarantine.writeStream.format("noop"),
-        ]
-        queries = [
-            w.trigger(availableNow=True).option("checkpointLocation", f"{tmp}/cp{i}").start()
-            for i, w in enumerate(writers)
-        ]
-        for query in queries:
-            query.awaitTermination()
-        spark.createDataFrame([(1, "a")], "n int, s string").toPandas()
-    spark.stop()

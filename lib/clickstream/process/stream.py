@@ -52,7 +52,7 @@ from typing import Any
 
 from clickstream import events
 from clickstream.config import Settings, get_settings
-from clickstream.errors import ClickstreamError
+from clickstream.errors import ClickstreamError, StreamJobError
 from clickstream.process.anomaly import AnomalyDetector, DetectorConfig
 from clickstream.process.checkpoint import (
     batch_info,
@@ -61,7 +61,7 @@ from clickstream.process.checkpoint import (
 )
 from clickstream.redact import redact_text, redact_url, without_credentials
 from clickstream.serve.store import Store, StoreMissingError, open_store
-from clickstream.times import iso_us, parse_iso, to_us
+from clickstream.times import duration_us, iso_us, parse_iso, to_us
 
 JOB = "stream"  # the windows query's batches in the store
 SESSIONS_JOB = "stream-sessions"  # the sessions query's batches
@@ -75,49 +75,8 @@ COUNTERS = ("records", "quarantined", "late_dropped", "duplicates_removed", "eve
 _US = 1_000_000
 
 
-class StreamJobError(ClickstreamError):
-    """The streaming job cannot start or has failed."""
-
-
 class CheckpointMismatchError(StreamJobError):
     """The checkpoint belongs to another topic, configuration or store, or the topic changed."""
-
-
-# -- durations ---------------------------------------------------------------------------------
-_UNITS = {
-    "ms": 1_000,
-    "millisecond": 1_000,
-    "milliseconds": 1_000,
-    "s": _US,
-    "sec": _US,
-    "secs": _US,
-    "second": _US,
-    "seconds": _US,
-    "m": 60 * _US,
-    "min": 60 * _US,
-    "mins": 60 * _US,
-    "minute": 60 * _US,
-    "minutes": 60 * _US,
-    "h": 3600 * _US,
-    "hour": 3600 * _US,
-    "hours": 3600 * _US,
-    "d": 86400 * _US,
-    "day": 86400 * _US,
-    "days": 86400 * _US,
-}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*$")
-
-
-def duration_us(text: str, name: str = "duration") -> int:
-    """'10 seconds', '1 minute', '90s', '2 min' -> microseconds."""
-    match = _DURATION.match(str(text))
-    unit = match and _UNITS.get(match.group(2).lower())
-    if not match or not unit:
-        raise StreamJobError(
-            f"{name} {text!r} is not a duration: write it like '10 seconds', '1 minute', '2 "
-            "minutes' or '1 hour'."
-        )
-    return round(float(match.group(1)) * unit)
 
 
 def _run_only(df) -> None:
@@ -1023,3 +982,63 @@ def run_available_now(
     handle.await_termination()
     job.summary.seconds = time.monotonic() - job._began
     return job.summary
+
+
+# -- the job's queries run once, so that `clickstream setup` records the classes Spark loads --
+def exercise_spark() -> None:
+    """Start Spark and run the streaming job's queries over a few hundred simulated events read
+    from a file (no broker needed), so that the JVM loads the classes the course uses."""
+    import tempfile
+
+    from pyspark.sql import functions as F
+
+    from clickstream.process.pipeline import session_metric_rows, window_metric_rows
+    from clickstream.process.spark import get_spark
+    from clickstream.source.simulator import SimConfig, Simulator
+
+    spark = get_spark("clickstream-class-archive")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp, "events")
+        source.mkdir()
+        config = SimConfig(seed=1, count=600, duplicate_count=10, malformed_count=10)
+        lines = [r.value.decode("utf-8", "replace") for r in Simulator(config).records()]
+        (source / "events.json").write_text("".join(v + "\n" for v in lines if "\n" not in v))
+        raw = (
+            spark.readStream.format("text")
+            .load(str(source))
+            .select(
+                F.lit(None).cast("binary").alias("key"),
+                F.col("value").cast("binary").alias("value"),
+                F.lit("events").alias("topic"),
+                F.lit(0).alias("partition"),
+                F.lit(0).cast("long").alias("offset"),
+                F.current_timestamp().alias("timestamp"),
+                F.lit(0).alias("timestampType"),
+            )
+        )
+        job = StreamConfig.create(
+            topic="events",
+            store_url=f"sqlite:///{tmp}/store.db",
+            checkpoint=Path(tmp, "checkpoint"),
+            window="10 seconds",
+            watermark="30 seconds",
+            session_gap="30 seconds",
+        )
+        built = build_queries(spark, job, raw=raw)
+        writers = [
+            built.windows.writeStream.outputMode("update").foreachBatch(
+                lambda df, _: window_metric_rows(df.collect())
+            ),
+            built.sessions.writeStream.outputMode("append").foreachBatch(
+                lambda df, _: session_metric_rows(df.collect())
+            ),
+            built.quarantine.writeStream.format("noop"),
+        ]
+        queries = [
+            w.trigger(availableNow=True).option("checkpointLocation", f"{tmp}/cp{i}").start()
+            for i, w in enumerate(writers)
+        ]
+        for query in queries:
+            query.awaitTermination()
+        spark.createDataFrame([(1, "a")], "n int, s string").toPandas()
+    spark.stop()

@@ -31,7 +31,8 @@ from collections.abc import Iterable
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from clickstream.redact import redact_text, redact_url
-from clickstream.serve.store import (
+from clickstream.serve.rollups import rollup_rows
+from clickstream.serve.schema import (
     HEALTH_COLUMNS,
     KEEP_BATCHES,
     METRICS,
@@ -398,8 +399,6 @@ class PostgresStore(Store):
 
     def _commit(self, job, batch_id, rows, expected: int, health) -> bool:
         """Apply the staged batch in one transaction; False if it had been applied before."""
-        from clickstream.serve.rollups import rollup_rows
-
         psycopg = self._psycopg
         rows = {name: list(items) for name, items in rows.items()}
         h = ledger_row(job, batch_id, rows, health)

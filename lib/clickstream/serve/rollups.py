@@ -25,89 +25,20 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 
-from clickstream.serve.store import METRICS, Metric, normalise
+from clickstream.serve.schema import (
+    GRAINS_MIN,
+    METRICS,
+    ROLLUPS,
+    SESSION_BANDS,
+    Rollup,
+    normalise,
+    table_name,
+)
 from clickstream.times import epoch_seconds, iso
 
-GRAINS_MIN: tuple[int, ...] = (5, 30)  # rollup grains, in minutes, finest first
 MIN_POINTS = 250  # the dashboard reads the coarsest grain giving at least this many points
-
-# Lower bounds, in seconds, of the bands a session's length falls in (the last is open-ended).
-SESSION_BANDS: tuple[int, ...] = (
-    0, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 420, 600, 900, 1200, 1800, 2700, 3600,
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Rollup:
-    """How one windowed metric rolls up: grouped by `group` within each bucket."""
-
-    metric: str
-    group: tuple[str, ...]
-    sums: tuple[str, ...] = ()
-    maxes: tuple[str, ...] = ()  # peaks, and attributes that do not vary within a key
-    ratio: tuple[str, str, str] | None = None  # (column, numerator, denominator)
-    label: str = ""  # what the coarse grain shows, where it differs from the fine one
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        out = self.sums + self.maxes
-        return out + ((self.ratio[0],) if self.ratio else ())
-
-    def table(self, grain_min: int) -> Metric:
-        return Metric(
-            f"{self.metric}_{grain_min}m",
-            ("window_start", *self.group),
-            self.columns,
-            description=f"{METRICS[self.metric].description}, per {grain_min} minutes",
-        )
-
-
-ROLLUPS: dict[str, Rollup] = {
-    r.metric: r
-    for r in (
-        Rollup("traffic", ("event_type",), sums=("count",)),
-        Rollup("segments", ("country", "device", "category"), sums=("count",)),
-        Rollup(
-            "products",
-            ("product_id",),
-            sums=("views", "carts", "purchases", "revenue"),
-            maxes=("category",),
-        ),
-        Rollup(
-            "active_users",
-            (),
-            maxes=("users",),
-            label="peak distinct users in any one window of the bucket",
-        ),
-        Rollup("funnel", (), sums=("viewed", "carted", "purchased")),
-        Rollup(
-            "sessions",
-            ("duration_bin",),
-            sums=("sessions", "events", "duration_s"),
-            label="sessions by start bucket and band of length",
-        ),
-        Rollup("paths", ("from_page", "to_page"), sums=("count",)),
-        Rollup(
-            "errors",
-            (),
-            sums=("events", "errors"),
-            ratio=("error_rate", "errors", "events"),
-        ),
-    )
-}
-
-# Every rollup table, by name: the stores create them beside the metrics.
-ROLLUP_TABLES: dict[str, Metric] = {
-    t.name: t for r in ROLLUPS.values() for t in (r.table(g) for g in GRAINS_MIN)
-}
-
-
-def table_name(metric: str, grain_min: int | None) -> str:
-    """The table holding `metric` at `grain_min` minutes (None: the job's own windows)."""
-    return metric if not grain_min else f"{metric}_{grain_min}m"
 
 
 def epoch(value) -> int:
