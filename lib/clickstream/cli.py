@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -241,6 +242,8 @@ def main(ctx, debug):
 def setup():
     """Fetch and cache the Kafka broker jars, the Spark Kafka connector and the PostgreSQL JDBC
     driver, and record the classes Spark and the broker load so that they start faster (once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from clickstream import jars
     from clickstream.local.java import check_java_for_spark
 
@@ -248,32 +251,63 @@ def setup():
     info = check_java_for_spark()
     click.echo(f"Java {info.version} ({info.executable})")
     started = time.monotonic()
-    kafka, conn, jdbc = jars.ensure_all_jars(settings)  # the three sets at the same time
-    click.echo(
-        f"Kafka {settings.kafka_version}: {len(kafka)} jars; Spark Kafka connector "
-        f"{jars.connector_version(conn)} for PySpark {jars.pyspark_version()}: {len(conn)} jars; "
-        f"PostgreSQL JDBC driver {jars.POSTGRES_JDBC_VERSION}: {len(jdbc)} jars; "
-        f"cache {settings.cache_dir} ({jars.cache_size_bytes(settings) / 1e6:.0f} MB); "
-        f"{time.monotonic() - started:.1f} s."
-    )
+    fetched = threading.Event()
+    # Spark's classes are recorded as soon as its two small jar sets are in, while the broker's
+    # larger set is still downloading.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spark-classes") as pool:
+        spark_classes = pool.submit(_record_spark_classes, settings, info, fetched)
+        try:
+            kafka, conn, jdbc = jars.ensure_all_jars(settings)  # the three sets at the same time
+        finally:
+            fetched.set()
+        click.echo(
+            f"Kafka {settings.kafka_version}: {len(kafka)} jars; Spark Kafka connector "
+            f"{jars.connector_version(conn)} for PySpark {jars.pyspark_version()}: {len(conn)} "
+            f"jars; PostgreSQL JDBC driver {jars.POSTGRES_JDBC_VERSION}: {len(jdbc)} jars; "
+            f"cache {settings.cache_dir} ({jars.cache_size_bytes(settings) / 1e6:.0f} MB); "
+            f"{time.monotonic() - started:.1f} s."
+        )
+        spark_classes.result()
     from clickstream.local.broker import build_kafka_class_archive, kafka_class_archive
+
+    _record_classes(
+        "the Kafka broker",
+        kafka_class_archive(settings, info),
+        30,
+        settings,
+        build_kafka_class_archive,
+    )
+
+
+def _record_spark_classes(settings, info, fetched: threading.Event) -> None:
+    """Record Spark's class archive once the connector and JDBC jars are in the cache (nothing,
+    if fetching them failed: `fetched` is set with them still missing)."""
+    from clickstream import jars
     from clickstream.process.spark import build_class_archive, class_archive
 
-    # Class-data archives: Spark and the broker start from classes already parsed and verified.
-    for what, path, build, seconds in (
-        ("Spark", class_archive(settings, info), build_class_archive, 60),
-        ("the Kafka broker", kafka_class_archive(settings, info), build_kafka_class_archive, 30),
-    ):
-        if path.is_file():
-            continue
-        click.echo(f"Recording the classes {what} loads, to start faster (once, ~{seconds} s)...")
-        started = time.monotonic()
-        archive = build(settings, echo=click.echo)
-        if archive is not None:
-            click.echo(
-                f"Class archive for {what}: {archive.stat().st_size / 1e6:.0f} MB in "
-                f"{time.monotonic() - started:.1f} s."
-            )
+    spark_sets = (jars.connector_jar_set(settings), jars.jdbc_jar_set(settings))
+
+    def ready() -> bool:
+        return all(jars.is_complete(s.target) for s in spark_sets)
+
+    while not ready() and not fetched.wait(0.5):
+        pass
+    if ready():
+        _record_classes("Spark", class_archive(settings, info), 60, settings, build_class_archive)
+
+
+def _record_classes(what: str, path, seconds: int, settings, build) -> None:
+    """Class-data archive: the JVM starts from classes already parsed and verified (once)."""
+    if path.is_file():
+        return
+    click.echo(f"Recording the classes {what} loads, to start faster (once, ~{seconds} s)...")
+    started = time.monotonic()
+    archive = build(settings, echo=click.echo)
+    if archive is not None:
+        click.echo(
+            f"Class archive for {what}: {archive.stat().st_size / 1e6:.0f} MB in "
+            f"{time.monotonic() - started:.1f} s."
+        )
 
 
 @main.group()
