@@ -244,7 +244,7 @@ def setup():
     driver, and record the classes Spark and the broker load so that they start faster (once)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from clickstream import jars
+    from clickstream.local import jars
     from clickstream.local.java import check_java_for_spark
 
     settings = get_settings()
@@ -282,7 +282,7 @@ def setup():
 def _record_spark_classes(settings, info, fetched: threading.Event) -> None:
     """Record Spark's class archive once the connector and JDBC jars are in the cache (nothing,
     if fetching them failed: `fetched` is set with them still missing)."""
-    from clickstream import jars
+    from clickstream.local import jars
     from clickstream.process.spark import build_class_archive, class_archive
 
     spark_sets = (jars.connector_jar_set(settings), jars.jdbc_jar_set(settings))

@@ -126,7 +126,7 @@ def test_external_cluster_starts_nothing(bootstrap, tmp_path, monkeypatch):
 
 
 def test_jar_resolution_failure_names_the_artifact_and_the_mirror_setting(tmp_path, monkeypatch):
-    from clickstream.jars import ensure_connector_jars
+    from clickstream.local.jars import ensure_connector_jars
 
     with socket.socket() as sock:  # a port where nothing answers
         sock.bind(("127.0.0.1", 0))
@@ -175,8 +175,8 @@ def test_cli_broker_status_shows_topics(bootstrap, topic, broker_settings):
 def test_the_broker_starts_from_the_class_archive_that_setup_recorded(broker):
     import psutil
 
-    from clickstream.jars import kafka_jars_dir
     from clickstream.local.broker import kafka_class_archive
+    from clickstream.local.jars import kafka_jars_dir
     from clickstream.local.java import check_java_for_kafka
     from tests.conftest import assert_loaded_from_archive, require_class_archive
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from clickstream import jars
 from clickstream.config import get_settings
 from clickstream.errors import JarResolutionError, JavaError
+from clickstream.local import jars
 
 # Plays `java -jar ivy.jar -ivy ivy.xml ... -retrieve PATTERN`. It first waits until
 # FAKE_IVY_TOGETHER runs have started (so sets fetched one after the other never get past

@@ -143,7 +143,7 @@ def test_spark_class_archive_is_kept_per_java_and_pyspark(tmp_path):
     another PySpark) looks for an archive of its own instead of reusing this one."""
     from dataclasses import replace
 
-    from clickstream.jars import pyspark_version
+    from clickstream.local.jars import pyspark_version
     from clickstream.local.java import JavaInfo
     from clickstream.process.spark import class_archive
 

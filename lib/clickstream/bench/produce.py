@@ -237,7 +237,7 @@ def measure_java(
 ) -> Figure:
     """(c): org.apache.kafka.tools.ProducerPerformance from the cached broker jars."""
     from clickstream.ingest.kafka_io import message_count
-    from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
+    from clickstream.local.jars import ensure_kafka_jars, kafka_jars_dir
     from clickstream.local.java import check_java_for_kafka
 
     java = check_java_for_kafka().executable

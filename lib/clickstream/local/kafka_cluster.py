@@ -25,7 +25,7 @@ from pathlib import Path
 
 from clickstream.config import Settings, get_settings
 from clickstream.errors import BrokerError, BrokerNotReachable
-from clickstream.jars import ensure_kafka_jars, kafka_jars_dir
+from clickstream.local.jars import ensure_kafka_jars, kafka_jars_dir
 from clickstream.local.java import (
     JavaInfo,
     check_java_for_kafka,

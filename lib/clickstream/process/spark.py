@@ -22,7 +22,7 @@ from pathlib import Path
 
 from clickstream.config import Settings, get_settings
 from clickstream.errors import ClickstreamError, ConnectorMismatchError
-from clickstream.jars import (
+from clickstream.local.jars import (
     connector_version,
     ensure_connector_jars,
     ensure_jdbc_jars,
