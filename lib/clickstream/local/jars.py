@@ -208,9 +208,34 @@ def _run_ivy(jar_set: JarSet, settings: Settings, quiet=False, tag="") -> None:
     target = jar_set.target
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     work = staging / "_ivy"
+    cmd = _ivy_command(java, jar_set, settings, staging, work)
+    where = _source(settings)
+    if not quiet:
+        _say(f"Fetching {jar_set.label} from {where} into {target} (first time only)")
+    try:
+        code, tail = _follow_ivy(cmd, quiet, f"{tag:<9} " if tag else "")
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise JarResolutionError(
+            f"Could not run Ivy with {java}: {exc}. Check that `{java} -version` works, or point "
+            "JAVA_HOME at a working Java 17."
+        ) from exc
+    if code != 0 or not jar_files(staging):
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = _ivy_reason(tail)
+        if settings.maven_repo:  # Ivy's lines may quote the mirror's URL with its password
+            reason = redact_text(reason, settings.maven_repo)
+        raise SetNotFetched(jar_set, where, reason)
+    _publish(jar_set, staging, work, quiet)
+
+
+def _ivy_command(java: str, jar_set: JarSet, settings: Settings, staging: Path, work: Path):
+    """Ivy's command line: resolve the set's modules, retrieve the jars into `staging`."""
     ivy_cache = work / "cache"
     ivy_cache.mkdir(parents=True)
-    (work / "ivy.xml").write_text(_ivy_module_xml(target.name, jar_set.modules, jar_set.excludes))
+    (work / "ivy.xml").write_text(
+        _ivy_module_xml(jar_set.target.name, jar_set.modules, jar_set.excludes)
+    )
     cmd = [
         java,
         f"-Divy.default.ivy.user.dir={work}",  # never ~/.ivy2: HOME may be unusable
@@ -233,22 +258,16 @@ def _run_ivy(jar_set: JarSet, settings: Settings, quiet=False, tag="") -> None:
     if settings.maven_repo:  # an option of Ivy's, so after the jar (before it, java refuses it)
         (work / "ivysettings.xml").write_text(_ivy_settings_xml(settings.maven_repo))
         cmd += ["-settings", str(work / "ivysettings.xml")]
-    where = _source(settings)
-    if not quiet:
-        _say(f"Fetching {jar_set.label} from {where} into {target} (first time only)")
+    return cmd
+
+
+def _follow_ivy(cmd: list[str], quiet: bool, prefix: str) -> tuple[int, list[str]]:
+    """Run Ivy, saying each artifact it downloads; (exit code, its last lines)."""
     tail: deque[str] = deque(maxlen=40)
     fetched = 0
-    prefix = f"{tag:<9} " if tag else ""
-    try:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise JarResolutionError(
-            f"Could not run Ivy with {java}: {exc}. Check that `{java} -version` works, or point "
-            "JAVA_HOME at a working Java 17."
-        ) from exc
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.strip():
@@ -257,13 +276,11 @@ def _run_ivy(jar_set: JarSet, settings: Settings, quiet=False, tag="") -> None:
         if match and not quiet:
             fetched += 1
             _say(f"  {prefix}[{fetched:3d}] {match.group(1)}")
-    code = proc.wait()
-    if code != 0 or not jar_files(staging):
-        shutil.rmtree(staging, ignore_errors=True)
-        reason = _ivy_reason(list(tail))
-        if settings.maven_repo:  # Ivy's lines may quote the mirror's URL with its password
-            reason = redact_text(reason, settings.maven_repo)
-        raise SetNotFetched(jar_set, where, reason)
+    return proc.wait(), list(tail)
+
+
+def _publish(jar_set: JarSet, staging: Path, work: Path, quiet: bool) -> None:
+    """Move a complete set from `staging` into its place in the cache, in one rename."""
     # The retrieved copies are all we use: Ivy's own copies would double the disk footprint.
     shutil.rmtree(work, ignore_errors=True)
     if jar_set.for_spark:
@@ -271,6 +288,7 @@ def _run_ivy(jar_set: JarSet, settings: Settings, quiet=False, tag="") -> None:
     (staging / COMPLETE_MARKER).write_text(
         "\n".join(p.name for p in jar_files(staging)) + "\n", encoding="utf-8"
     )
+    target = jar_set.target
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
