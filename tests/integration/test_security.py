@@ -15,6 +15,7 @@ from clickstream.errors import BrokerNotReachable
 from clickstream.ingest.kafka_io import admin_client, ensure_topic, read_all, send_all
 from clickstream.ingest.security import KafkaSecurity, SecurityConfigError, combined_pem
 from clickstream.local.broker import LocalBroker, free_port
+from tests.conftest import CLICKSTREAM
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +117,16 @@ def test_sasl_over_tls(tls_broker, monkeypatch, mechanism):
     )
     topic = f"sasl_{mechanism.lower().replace('-', '_')}"
     assert len(round_trip(tls_broker["sasl"], topic)) == 50
+    # `clickstream consume` reads with the same settings, from the environment.
+    out = subprocess.run(
+        [CLICKSTREAM, "consume", "--topic", topic, "--bootstrap-servers", tls_broker["sasl"]]
+        + ["--from-beginning", "--raw", "--max", "50", "--timeout", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"secure-{i}" for i in range(50)]
     use(
         monkeypatch,
         KAFKA_SECURITY_PROTOCOL="SASL_SSL",

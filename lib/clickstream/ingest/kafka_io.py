@@ -97,12 +97,12 @@ def topic_exists(topic: str, bootstrap: str) -> bool:
 
 
 def open_consumer(topic: str, bootstrap: str, **options):
-    """A kafka-python KafkaConsumer of `topic` with these options; BrokerNotReachable, which
-    names the fix, if no broker answers."""
+    """A kafka-python KafkaConsumer of `topic` with these options and the course's TLS/SASL
+    settings; BrokerNotReachable, which names the fix, if no broker answers."""
     from kafka import KafkaConsumer
 
     try:
-        return KafkaConsumer(topic, bootstrap_servers=bootstrap, **options)
+        return KafkaConsumer(topic, bootstrap_servers=bootstrap, **{**client_security(), **options})
     except _bootstrap_errors() as exc:
         raise unreachable(bootstrap, exc) from None
 
