@@ -154,7 +154,7 @@ def test_real_ivy_fetches_the_sets_a_mirror_has_and_names_the_others(tmp_path, m
     module = tmp_path / "m2" / "org" / "postgresql" / "postgresql" / version
     module.mkdir(parents=True)
     (module / f"postgresql-{version}.pom").write_text(
-        '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+        "<project><modelVersion>4.0.0</modelVersion>"
         f"<groupId>org.postgresql</groupId><artifactId>postgresql</artifactId>"
         f"<version>{version}</version></project>"
     )
