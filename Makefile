@@ -10,6 +10,10 @@ INSTALLER ?= uv
 # stored rather than compressed it builds in a third of the time (its jars are compressed already).
 UV_PYSPARK_BUILD := pyspark:--build-option=--compression=stored
 PYTEST_ARGS ?=
+# `make test` runs the suite in two pytest-xdist workers, a test file (or notebook) at a time on
+# one worker: each worker has its own broker and Spark session, and the tests wait on brokers,
+# JVMs and browsers a third of the time. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 ifeq ($(strip $(VENV)),)
   BIN   := $(patsubst %/,%,$(dir $(shell $(PYTHON) -c 'import sys; print(sys.executable)')))
   STAMP := build/.installed
@@ -66,7 +70,7 @@ execute: setup ## run the whole course headless with papermill into build/execut
 	$(BIN)/clickstream course execute
 
 test: setup ## the whole test suite (what CI runs)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

@@ -269,8 +269,14 @@ SHORT_LIVED_JIT = "-XX:TieredStopAtLevel=1"  # C1 only: less warm-up for a JVM t
 
 
 def isolate_test_session() -> None:
-    """Point CLICKSTREAM_STATE_DIR at a fresh temporary directory and the broker at a free port."""
-    if os.environ.get("CLICKSTREAM_TEST_STATE_DIR"):
+    """Point CLICKSTREAM_STATE_DIR at a fresh temporary directory and the broker at a free port.
+
+    Under pytest-xdist (`make test` runs two workers) each worker is a session of its own: it
+    inherits the controller's environment, so it sets up its own directory and port."""
+    owner = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    if os.environ.get("CLICKSTREAM_TEST_STATE_DIR") and (
+        os.environ.get("CLICKSTREAM_TEST_OWNER", "main") == owner
+    ):
         return
     from clickstream.local.broker import free_port
 
@@ -278,6 +284,7 @@ def isolate_test_session() -> None:
     os.environ["CLICKSTREAM_TEST_STATE_DIR"] = str(state)
     os.environ["CLICKSTREAM_STATE_DIR"] = str(state)
     os.environ["CLICKSTREAM_KAFKA_PORT"] = str(free_port())
+    os.environ["CLICKSTREAM_TEST_OWNER"] = owner
     # A test session starts dozens of short-lived JVMs (jobs, brokers, the notebooks' Spark) on
     # a small machine: the quick C1 compiler alone spends less CPU warming each of them up than
     # C1 followed by the optimising C2. The tests' shared Spark session, which lives for the
