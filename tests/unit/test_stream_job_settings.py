@@ -134,3 +134,39 @@ def test_batch_figures_come_from_sparks_offset_log(tmp_path: Path):
     }
     assert records_through(spark_dir, 2, "t") is None and batch_info(spark_dir, 2) == {}
     assert [records_through(spark_dir, b, "t") for b in (-1, 0, 1)] == [0, 17, 22]
+
+
+class _Query:
+    """A query that ends after its `isActive` has been read `ends_after` times."""
+
+    def __init__(self, ends_after: int) -> None:
+        self.reads = 0
+        self.ends_after = ends_after
+        self.waits = 0
+
+    @property
+    def isActive(self) -> bool:  # noqa: N802 - Spark's name
+        self.reads += 1
+        return self.reads <= self.ends_after
+
+    def awaitTermination(self, timeout=None):  # noqa: N802 - Spark's name
+        self.waits += 1
+        return True
+
+
+class _Job:
+    closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_waiting_survives_queries_that_end_while_it_looks():
+    from clickstream.process.stream import StreamHandle
+
+    # Both queries are active when asked whether any is, and both have ended by the time the
+    # handle picks one to wait on: it looks again instead of failing.
+    job = _Job()
+    queries = [_Query(ends_after=2), _Query(ends_after=1)]
+    assert StreamHandle(job, queries).await_termination(timeout=5) is True
+    assert job.closed == 1

@@ -880,8 +880,11 @@ class StreamHandle:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
-                active = next(q for q in self.queries if q.isActive)
-                active.awaitTermination(0.2)
+                # A query may end between the check above and this line: wait on the first
+                # one still active, if any, and look again.
+                active = next((q for q in self.queries if q.isActive), None)
+                if active is not None:
+                    active.awaitTermination(0.2)
         except Exception as exc:  # noqa: BLE001 - StreamingQueryException and Py4J errors
             self._stop_queries()
             self.job.close()
