@@ -316,6 +316,7 @@ _NOT_PLAIN_TEXT = r"^(-?[0-9][0-9.eE+-]*|true|false|NaN|[+-]?Infinity|[{\[].*)$"
 _FLAT_OBJECT = r"^\s*\{[^{}]*\}\s*$"
 # JSON as Python's json module reads it: no single quotes, no NaN/Infinity.
 _STRICT_JSON = {"allowSingleQuotes": "false", "allowNonNumericNumbers": "false"}
+_CORRUPT = "_corrupt"  # where `from_json` puts a record whose values do not fit the schema
 
 
 def _trailing_data(text: Column) -> Column:
@@ -329,24 +330,29 @@ def _trailing_data(text: Column) -> Column:
     return ~F.coalesce((count(",0]") == 2) & (count(",1,2]") == 3), F.lit(False))
 
 
-def _clean_record(text: Column, typed: Column, texts: Column) -> Column:
+def _clean_record(text: Column, typed: Column) -> Column:
     """True when `from_json` alone is enough to check this record: an object, every required
-    field present as plain text, every numeric field absent or of its type. Everything else --
-    a few records in a thousand -- takes the exact VARIANT check of `contract_checked`."""
-    clean = text.rlike(_FLAT_OBJECT) & F.is_valid_utf8(text) & typed.isNotNull()
+    field present as plain text, every numeric field absent or of its type (`from_json` put
+    nothing in `_corrupt`). Everything else -- a few records in a thousand -- takes the exact
+    VARIANT check of `contract_checked`."""
+    clean = (
+        text.rlike(_FLAT_OBJECT)
+        & F.is_valid_utf8(text)
+        & typed.isNotNull()
+        & typed[_CORRUPT].isNull()
+    )
     for f in events.FIELDS:
-        value, as_text = typed[f.name], texts[f.name]
+        value = typed[f.name]
         if f.type is str:
             plain = ~value.rlike(_NOT_PLAIN_TEXT)
             if f.required:
                 clean = clean & value.isNotNull() & (value != "") & plain
             else:
                 clean = clean & (value.isNull() | plain)
-        else:
-            present_ok = value.isNotNull()
-            if f.type is float:
-                present_ok = present_ok & ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
-            clean = clean & (as_text.isNull() | present_ok)
+        elif f.type is float:
+            clean = clean & (
+                value.isNull() | (~F.isnan(value) & (F.abs(value) != F.lit(float("inf"))))
+            )
     return F.coalesce(clean, F.lit(False))
 
 
@@ -391,21 +397,24 @@ def contract_checked(
 
 
 def _parsed_once(raw: DataFrame) -> DataFrame:
-    """The records parsed by `from_json`, typed (`_t`) and as text (`_s`); `_clean` when that is
-    enough, else the record as a VARIANT (`_v`) for the exact check."""
+    """The records parsed by `from_json` (`_t`); `_clean` when that is enough, else the record
+    as a VARIANT (`_v`) for the exact check."""
     from pyspark.sql import types as T
 
     text = F.col("value").cast("string")
-    as_texts = T.StructType([T.StructField(f.name, T.StringType()) for f in events.FIELDS])
+    # A value `from_json` cannot convert to its field's type (a string or a boolean for a
+    # number, a fraction for an integer) puts the whole record in `_corrupt`.
+    typed = T.StructType([*spark_schema().fields, T.StructField(_CORRUPT, T.StringType())])
     first = raw.select(
         "partition",
         "offset",
         F.col("timestamp").alias("_produced"),
         text.alias("_text"),
         F.col("value").isNull().alias("_null"),
-        F.from_json(text, spark_schema(), _STRICT_JSON).alias("_t"),
-        F.from_json(text, as_texts, _STRICT_JSON).alias("_s"),
-    ).withColumn("_clean", _clean_record(F.col("_text"), F.col("_t"), F.col("_s")))
+        F.from_json(text, typed, {**_STRICT_JSON, "columnNameOfCorruptRecord": _CORRUPT}).alias(
+            "_t"
+        ),
+    ).withColumn("_clean", _clean_record(F.col("_text"), F.col("_t")))
     return first.select(
         "partition",
         "offset",
