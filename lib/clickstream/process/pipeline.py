@@ -80,17 +80,8 @@ def windowed_counts(
     """Events per event-time window (tumbling, or sliding when `slide` is given) and key."""
     if watermark:
         events = events.withWatermark("event_ts", watermark)
-    win = F.window("event_ts", window, slide) if slide else F.window("event_ts", window)
-    return (
-        events.groupBy(win.alias("window"), *by)
-        .count()
-        .select(
-            F.col("window.start").alias("window_start"),
-            F.col("window.end").alias("window_end"),
-            *by,
-            "count",
-        )
-    )
+    counts = events.groupBy(_window(window, slide).alias("window"), *by).count()
+    return counts.select(*_bounds(), *by, "count")
 
 
 # -- the streaming job's metrics as DataFrame transformations --------------------------------
@@ -594,7 +585,6 @@ def category_of(categories: dict[str, str]) -> Column:
     ).otherwise(F.coalesce(from_page, F.lit(MISSING)))
 
 
-FUNNEL_CODE = {"page_view": 0, "add_to_cart": 1, "purchase": 2}
 _FACT_FIELDS = (
     ("metric", "string"),
     ("k1", "string"),
