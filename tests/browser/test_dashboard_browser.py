@@ -42,8 +42,8 @@ ARTIFACT = REPO / "test-artifacts" / "dashboard.png"
 NOTEBOOK_IMAGE = REPO / "notebooks" / "images" / "dashboard.png"
 UPDATE_IMAGES = os.environ.get("CLICKSTREAM_UPDATE_NOTEBOOK_IMAGES") == "1"
 HEADLINE = ("Page views / min", "Current window", "Active users", "Conversion", "Error rate")
-PRODUCE_RATE = 100.0  # events/s; the simulator's event time runs at 50 events/s, so a
-# one-minute window fills in about 30 s of wall time and the headline moves on every 30 s.
+PRODUCE_RATE = 200.0  # events/s; the simulator's event time runs at 50 events/s, so a
+# one-minute window fills in about 15 s of wall time and the headline moves on every 15 s.
 # Slow enough that the job keeps up while Chromium and the dashboard share two cores.
 
 

@@ -13,6 +13,15 @@ from clickstream import events
 from clickstream.events import spark_schema
 from clickstream.times import duration_us, iso
 
+# Kafka's client timeouts for the source. Spark asks for each batch's offsets with an admin
+# client; when a partition's leader dies, that call waits out default.api.timeout.ms (60 s
+# by default) before Spark retries it on the new leader. With these, a job whose broker is
+# lost goes on within about 15 s (the cluster's own failover takes some seconds of that).
+KAFKA_SOURCE_DEFAULTS = {
+    "kafka.request.timeout.ms": "10000",
+    "kafka.default.api.timeout.ms": "15000",
+}
+
 
 def read_kafka(
     spark: SparkSession,
@@ -23,7 +32,9 @@ def read_kafka(
     streaming: bool = True,
     options: dict[str, str] | None = None,
 ) -> DataFrame:
-    """The raw topic as a DataFrame (key, value, topic, partition, offset, timestamp)."""
+    """The raw topic as a DataFrame (key, value, topic, partition, offset, timestamp).
+
+    `options` are more source options, and override the defaults in KAFKA_SOURCE_DEFAULTS."""
     reader = spark.readStream if streaming else spark.read
     reader = (
         reader.format("kafka")
@@ -34,7 +45,7 @@ def read_kafka(
     )
     if max_offsets_per_trigger and streaming:
         reader = reader.option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
-    for key, value in (options or {}).items():
+    for key, value in {**KAFKA_SOURCE_DEFAULTS, **(options or {})}.items():
         reader = reader.option(key, value)
     return reader.load()
 
