@@ -83,6 +83,13 @@ STATE_STORE_CONF = {
         "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
     ),
     "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+    # Checkpoint files (offsets, commits, state changelogs) are written to a temporary file and
+    # renamed. Through Hadoop's FileContext, Spark's default, each rename on a local disk starts
+    # a `readlink` process; through Hadoop's FileSystem it is one rename (atomic on a local disk
+    # and on HDFS). Several files per batch: about 60 ms less per micro-batch on a laptop.
+    "spark.sql.streaming.checkpointFileManagerClass": (
+        "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
+    ),
     # JSON objects with a repeated key: the last value wins, as in Python's json module.
     "spark.sql.variant.allowDuplicateKeys": "true",
     # The windowed aggregation keeps exact user sets and funnel steps (collect_set/list): let
