@@ -38,6 +38,7 @@ stop may be missing from them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -82,6 +83,46 @@ class CheckpointMismatchError(StreamJobError):
 def _run_only(df) -> None:
     """Run a micro-batch's DataFrame and throw its rows away (Spark's noop sink)."""
     df.write.format("noop").mode("overwrite").save()
+
+
+# Spark tells a query that `stop()` interrupted from one that failed by matching the error text
+# of its foreachBatch function with a regular expression,
+#   py4j.protocol.Py4JJavaError: An error occurred while calling((.|\r\n|\r|\n)*)(<one of these>)
+# that recurses once per character: the Java stack trace a Py4J error carries (some kilobytes)
+# overflows the thread's stack, and the query's thread dies with a StackOverflowError (a
+# thousand lines on the console) instead of stopping, or of failing with its cause.
+_INTERRUPTIONS = (
+    "java.lang.InterruptedException",
+    "java.io.InterruptedIOException",
+    "java.nio.channels.ClosedByInterruptException",
+)
+
+
+class SparkBatchError(Exception):
+    """A Spark job inside a micro-batch failed: the Java exception, without its stack trace."""
+
+
+def _short_java_errors(callback: Callable[[Any, int], None]) -> Callable[[Any, int], None]:
+    """`callback` for foreachBatch, raising a Java error as its first lines only (see above)."""
+    from py4j.protocol import Py4JJavaError
+
+    @functools.wraps(callback)
+    def run(df, batch_id: int) -> None:
+        try:
+            callback(df, batch_id)
+        except Py4JJavaError as exc:
+            try:
+                java = str(exc.java_exception.toString())
+            except Exception:  # noqa: BLE001 - the JVM may be going away
+                java = type(exc).__name__
+            if java.split(":", 1)[0].strip() in _INTERRUPTIONS:
+                # Stopped mid-batch: the short form of the same error, which Spark recognises.
+                raise SparkBatchError(
+                    f"py4j.protocol.Py4JJavaError: An error occurred while calling Spark: {java}"
+                ) from None
+            raise SparkBatchError(java[:4000]) from None
+
+    return run
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -389,13 +430,13 @@ class StreamJob:
         windows = (
             built.windows.writeStream.outputMode("update")
             .queryName(f"{JOB}-windows-{os.getpid()}-{id(self)}")
-            .foreachBatch(self._on_windows)
+            .foreachBatch(_short_java_errors(self._on_windows))
             .option("checkpointLocation", str(self.spark_dir))
         )
         self.queries.append(self._triggered(windows, cfg.trigger, "--trigger").start())
         sessions = (
             built.sessions.writeStream.outputMode("append")
-            .foreachBatch(self._on_sessions)
+            .foreachBatch(_short_java_errors(self._on_sessions))
             .option("checkpointLocation", str(self.sessions_dir))
         )
         self.queries.append(self._triggered(sessions, cfg.side_trigger, "--side-trigger").start())
