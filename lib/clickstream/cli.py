@@ -1006,7 +1006,7 @@ def bench_dashboard(store_url, replace, minutes, ledger_batches, repeats, as_jso
 @click.option(
     "--trigger",
     type=_duration(),
-    default="1 second",
+    default="500 milliseconds",
     show_default=True,
     help="Micro-batch interval (continuous).",
 )

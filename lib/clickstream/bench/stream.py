@@ -9,7 +9,7 @@ shows):
 (b) the streaming job (`clickstream stream --available-now`, with its quarantine topic) into a
     scratch SQLite store, twice: its first run in this JVM, and again on a warm JVM (the figure
     compared with (a));
-(c) live: the job running continuously (a micro-batch every second) while events are produced
+(c) live: the job running continuously (its default triggers) while events are produced
     at a steady rate; the latency of a record is from its send to the commit of the store
     transaction holding it.
 
@@ -238,7 +238,6 @@ def live_latencies(
         checkpoint=work / "live",
         alerts_topic="",
         quarantine_topic=f"{topic}_quarantine",
-        trigger="1 second",
     )
     handle = StreamJob(config, spark=spark).start()
     count = int(rate * seconds)

@@ -148,7 +148,7 @@ class StreamConfig:
     slide: str | None = None
     watermark: str = "2 minutes"
     session_gap: str = "30 minutes"
-    trigger: str = "1 second"
+    trigger: str = "500 milliseconds"
     # The sessions and quarantine queries: what they write changes only when a session closes
     # or a record is rejected, so they run less often and leave the CPU to the windows query.
     side_trigger: str = "10 seconds"
