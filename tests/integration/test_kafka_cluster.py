@@ -153,15 +153,14 @@ def test_the_streaming_job_on_three_brokers_survives_losing_one(kafka_cluster, t
     try:
         send(records[:half])
         wait_for(lambda: store_state(store_url)[1] > 0, 240, "a first batch", proc, log_text)
-        from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
+        from clickstream.errors import BrokerNotReachable
+        from clickstream.ingest.kafka_io import admin_client
+
         def partitions() -> list[dict]:
-            admin = KafkaAdminClient(bootstrap_servers=kafka_cluster.live_bootstrap_servers())
-            try:
+            with admin_client(kafka_cluster.live_bootstrap_servers()) as admin:
                 return admin.describe_topics([topic])[0]["partitions"]
-            finally:
-                admin.close()
 
         victim = next(p["leader_id"] for p in partitions() if p["partition_index"] == 0)
         kafka_cluster.stop_node(victim, hard=True, echo=lambda m: None)
@@ -174,7 +173,7 @@ def test_the_streaming_job_on_three_brokers_survives_losing_one(kafka_cluster, t
         def failed_over() -> bool:
             try:
                 parts = partitions()
-            except KafkaError:  # the client tried the lost broker: ask again
+            except (KafkaError, BrokerNotReachable):  # the client tried the lost broker: again
                 return False
             return all(
                 p["leader_id"] not in (victim, -1) and victim not in p["isr_nodes"] for p in parts
