@@ -61,3 +61,32 @@ def test_a_batch_that_succeeds_or_fails_in_python_is_left_alone():
     assert seen == [7]
     with pytest.raises(ValueError, match="store"):
         _short_java_errors(lambda df, batch_id: (_ for _ in ()).throw(ValueError("store")))(None, 1)
+
+
+class TracedJavaError(Py4JJavaError):
+    """A Py4J error whose text is Py4J's: the call, then the Java stack trace."""
+
+    def __str__(self):
+        return self.errmsg + self.trace
+
+
+def test_a_java_failure_keeps_its_stack_trace_where_spark_does_not_look_for_a_stop():
+    cause = "org.apache.spark.SparkException: Job aborted due to stage failure"
+    frames = "".join(f"\n\tat org.apache.spark.Frame{i}.run(Frame.scala:{i})" for i in range(300))
+    nested = "\nCaused by: py4j.protocol.Py4JJavaError: An error occurred while calling o9.x.\n"
+    error = TracedJavaError(
+        "An error occurred while calling o1.collectToPython.\n", FakeJavaException(cause)
+    )
+    error.trace = ": " + cause + frames + nested + "java.lang.InterruptedException: late"
+
+    def callback(df, batch_id):
+        raise error
+
+    with pytest.raises(SparkBatchError) as raised:
+        _short_java_errors(callback)(None, 3)
+    text = str(raised.value)
+    assert text.splitlines()[0] == cause  # what the job's error message shows
+    assert "\tat org.apache.spark.Frame0.run(Frame.scala:0)" in text.splitlines()[1]
+    assert text.count(cause) == 1
+    assert not SPARK_STOP_PATTERN.search(text)  # not a stop, and nothing to recurse over
+    assert len(text) <= 4000 + 1 + 20_000

@@ -96,6 +96,26 @@ def test_query_failures_are_explained():
         "... clickstream.serve.store.StoreError: Redis at redis://h:1/0 is not reachable"
     )
     assert "Redis at redis://h:1/0 is not reachable" in str(explain_failure(ours, config))
+    # A failure inside a micro-batch: Spark's first line says only that the function failed;
+    # the message names what it raised, from the Python traceback Spark carries.
+    wrapped = (
+        "[STREAM_FAILED] Query [id = 1] terminated with exception: [FOREACH_BATCH_USER_FUNCTION_"
+        "ERROR] An error occurred in the user provided function in foreach batch sink. Reason: "
+        "An exception was raised by the Python Proxy. Return Message: Traceback (most recent "
+        'call last):\n  File "stream.py", line 1, in run\n    callback(df, batch_id)\n'
+    )
+    raised = {
+        "pyspark.errors.exceptions.captured.SparkRuntimeException: [USER_RAISED_EXCEPTION] boom"
+        "\n": "SparkRuntimeException: [USER_RAISED_EXCEPTION] boom",
+        "clickstream.process.stream.SparkBatchError: java.sql.BatchUpdateException: duplicate key"
+        "\n\tat org.postgresql.jdbc.BatchResultHandler.handleError(BatchResultHandler.java:165)"
+        "\n": "java.sql.BatchUpdateException: duplicate key",
+    }
+    for last, shown in raised.items():
+        message = str(explain_failure(Exception(wrapped + last + "\n\tat org.Frame(x:1)"), config))
+        assert (
+            message == f"The streaming job stopped: {shown} (run with --debug for the full trace)."
+        )
 
 
 def test_detector_state_is_json_per_batch_and_pruned(tmp_path: Path):

@@ -98,12 +98,32 @@ _INTERRUPTIONS = (
 )
 
 
+_SPARK_STOP_PREFIX = "An error occurred while calling"  # where Spark's regular expression starts
+_TRACE_LIMIT = 20_000  # characters of a failure's Java stack trace kept (about 200 frames)
+
+
 class SparkBatchError(Exception):
-    """A Spark job inside a micro-batch failed: the Java exception, without its stack trace."""
+    """A Spark job inside a micro-batch failed: the Java exception, then its stack trace."""
+
+
+def _java_trace(exc) -> str:
+    """The Java stack trace of a Py4J error (its frames and causes), or "" when the JVM cannot
+    give it. Without the words Spark's regular expression starts from, so that it never runs
+    over it (see above)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - the JVM may be going away
+        return ""
+    # Py4J's text: "An error occurred while calling o1.collectToPython.\n: <the trace>".
+    trace = text.split("\n", 1)[1] if text.startswith(_SPARK_STOP_PREFIX) and "\n" in text else text
+    trace = trace.lstrip(": ").replace(_SPARK_STOP_PREFIX, "An error occurred calling")
+    return trace[:_TRACE_LIMIT]
 
 
 def _short_java_errors(callback: Callable[[Any, int], None]) -> Callable[[Any, int], None]:
-    """`callback` for foreachBatch, raising a Java error as its first lines only (see above)."""
+    """`callback` for foreachBatch, raising a Java error in a form Spark's regular expression
+    reads safely (see above): the short form Spark knows for an interruption (a stop); for a
+    failure, its message and stack trace without the words the expression starts from."""
     from py4j.protocol import Py4JJavaError
 
     @functools.wraps(callback)
@@ -120,7 +140,13 @@ def _short_java_errors(callback: Callable[[Any, int], None]) -> Callable[[Any, i
                 raise SparkBatchError(
                     f"py4j.protocol.Py4JJavaError: An error occurred while calling Spark: {java}"
                 ) from None
-            raise SparkBatchError(java[:4000]) from None
+            # A failure: its message first (the job's error says it), then the Java stack
+            # trace, which `--debug` shows.
+            trace = _java_trace(exc)
+            message = java[:4000].replace(_SPARK_STOP_PREFIX, "An error occurred calling")
+            if trace.startswith(java):
+                trace = trace[len(java) :].lstrip("\n")
+            raise SparkBatchError(f"{message}\n{trace}" if trace else message) from None
 
     return run
 
@@ -993,10 +1019,30 @@ def explain_failure(exc: BaseException, config: StreamConfig) -> ClickstreamErro
             "time. Is the broker running (`clickstream broker status`)? Restarted, the job "
             "resumes from its checkpoint and loses nothing."
         )
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    first = _raised_in_batch(text) or next(
+        (line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__
+    )
     return StreamJobError(
         f"The streaming job stopped: {first[:500]} (run with --debug for the full trace)."
     )
+
+
+# The line a Python traceback ends with: the exception's (dotted) class name and its message.
+_RAISED = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception)): (.+)$", re.M)
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def _raised_in_batch(text: str) -> str | None:
+    """What a micro-batch's function raised, from the Python traceback Spark wraps in its own
+    error (whose first line only says that a foreachBatch function failed): "Class: message",
+    or the Java error's own text for a `SparkBatchError`."""
+    if _TRACEBACK not in text:
+        return None
+    found = _RAISED.search(text.split(_TRACEBACK, 1)[1])
+    if found is None:
+        return None
+    name, message = found.groups()
+    return message if name == SparkBatchError.__name__ else f"{name}: {message}"
 
 
 def start(
