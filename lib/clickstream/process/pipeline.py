@@ -392,7 +392,7 @@ def contract_checked(
         "_text",
         "_clean",
         "_t",
-        F.when(~F.col("_clean"), _interpreted(_exact_check())).alias("_x"),
+        F.when(~F.col("_clean"), _exact_check()).alias("_x"),
     )
     parsed = _checked_fields(checked)
     reason = _quarantine_reason(max_ahead, not_before)
@@ -438,30 +438,44 @@ def _parsed_once(raw: DataFrame) -> DataFrame:
     )
 
 
-def _interpreted(value: Column) -> Column:
-    """`value`, evaluated row by row instead of compiled: as the body of a higher-order
-    function (`transform`), which Spark interprets. Spark generates and compiles code for each
-    micro-batch anew, and the exact check is large and reached by a few records in a thousand,
-    so compiling it cost more (about 70 ms per batch and query) than interpreting it does."""
-    return F.transform(F.array(F.lit(0)), lambda _: value)[0]
-
-
 def _exact_check() -> Column:
     """The exact check, as one struct evaluated only for records `from_json` cannot vouch for:
-    each field read from the VARIANT `_v` (null unless present and of its type), and `reason`."""
+    each field read from the VARIANT `_v` (null unless present and of its type), and `reason`.
+
+    It is the body of a higher-order function (`transform`), which Spark interprets row by row
+    instead of compiling: Spark generates and compiles code for each micro-batch anew, and
+    compiling this large check, which a few records in a thousand reach, cost more (about 70 ms
+    per batch and query) than interpreting it does. Interpreted expressions share no common
+    parts, so each field's JSON type and value are read from the VARIANT once, into the
+    struct the function receives, and the checks read them from there."""
+    read = F.struct(*[_variant_read(f).alias(f.name) for f in events.FIELDS])
+    return F.transform(F.array(read), _checked_read)[0]
+
+
+def _variant_read(field) -> Column:
+    """A field of the VARIANT `_v`: its JSON type name (null when absent) and its value as the
+    field's SQL type (null when it is not one)."""
+    path = f"$.{field.name}"
+    return F.struct(
+        F.schema_of_variant(F.try_variant_get("_v", path, "variant")).alias("type"),
+        F.try_variant_get("_v", path, _SQL_TYPES[field.type]).alias("value"),
+    )
+
+
+def _checked_read(read: Column) -> Column:
+    """The fields of `read` (from `_variant_read`) that pass their checks, and `reason`."""
     values, checks = [], []
     for f in events.FIELDS:
-        value, field_checks = _variant_field(f)
+        value, field_checks = _variant_field(f, read[f.name]["type"], read[f.name]["value"])
         values.append(value)
         checks += field_checks
     return F.struct(*values, _field_reason(checks).alias("reason"))
 
 
-def _variant_field(field) -> tuple[Column, list[tuple[Column, str]]]:
-    """One field of the VARIANT `_v` as its Spark type, and its checks: (condition, reason)."""
-    path = f"$.{field.name}"
-    type_name = F.schema_of_variant(F.try_variant_get("_v", path, "variant"))
-    value = F.try_variant_get("_v", path, _SQL_TYPES[field.type])
+def _variant_field(
+    field, type_name: Column, value: Column
+) -> tuple[Column, list[tuple[Column, str]]]:
+    """One field as its Spark type, and its checks: (condition, reason)."""
     absent = type_name.isNull() | (type_name == "VOID")
     if field.required and field.type is str:
         absent = absent | (value == "")
