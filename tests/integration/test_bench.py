@@ -111,6 +111,8 @@ def test_bench_stream_reports_the_job_beside_a_bare_read(spark, broker_settings)
     figures = report.to_dict()
     for key in (
         "read_parse_events_per_s",
+        "checked_events_per_s",
+        "deduplicated_events_per_s",
         "job_events_per_s",
         "job_first_run_events_per_s",
         "events",
@@ -124,3 +126,4 @@ def test_bench_stream_reports_the_job_beside_a_bare_read(spark, broker_settings)
     assert figures["machine"]["cores"] >= 1
     assert "events/s" in report.text() and "p99" in report.text()
     assert "first run" in report.text()
+    assert "+ the contract check" in report.text() and "de-duplication" in report.text()

@@ -5,7 +5,10 @@ session (the reference runs first and again last, so the JVM is warm and the mac
 shows):
 
 (a) a bare Spark read of the topic with `from_json` on the contract's schema into the noop sink:
-    the reference, what any query on this topic pays;
+    the reference, what any query on this topic pays; and, after (b), the job's first steps
+    alone into the noop sink: the read with the contract check (`contract_checked`), then
+    with the watermark and de-duplication (`unique_events`), the least a query of the job
+    pays per record;
 (b) the streaming job (`clickstream stream --available-now`, with its quarantine topic) into a
     scratch SQLite store, twice: its first run in this JVM, and again on a warm JVM (the figure
     compared with (a));
@@ -34,6 +37,8 @@ from clickstream.processes import wait_until
 class StreamBench:
     events: int
     read_parse_s: float
+    checked_s: float
+    deduplicated_s: float
     job_s: float
     first_job_s: float
     batches: int
@@ -54,6 +59,10 @@ class StreamBench:
         return {
             "events": self.events,
             "read_parse_events_per_s": round(self.events / self.read_parse_s),
+            "checked_events_per_s": round(self.events / self.checked_s),
+            "checked_ratio": round(self.read_parse_s / self.checked_s, 3),
+            "deduplicated_events_per_s": round(self.events / self.deduplicated_s),
+            "deduplicated_ratio": round(self.read_parse_s / self.deduplicated_s, 3),
             "job_events_per_s": round(self.events / self.job_s),
             "job_ratio": round(self.read_parse_s / self.job_s, 3),
             "job_first_run_events_per_s": round(self.events / self.first_job_s),
@@ -77,6 +86,10 @@ class StreamBench:
             f"{self.settings.get('shuffle_partitions')} shuffle partitions, at most "
             f"{self.settings.get('max_offsets_per_trigger'):,} records per batch",
             f"  (a) Spark read + from_json, noop sink    {d['read_parse_events_per_s']:>9,} events/s",
+            f"      + the contract check                 {d['checked_events_per_s']:>9,} events/s"
+            f"  ({d['checked_ratio']:.2f} of a)",
+            f"      + watermark and de-duplication       "
+            f"{d['deduplicated_events_per_s']:>9,} events/s  ({d['deduplicated_ratio']:.2f} of a)",
             f"  (b) clickstream stream --available-now   {d['job_events_per_s']:>9,} events/s"
             f"  ({d['job_ratio']:.2f} of a; {self.batches} batches, {self.state_rows:,} "
             f"state rows, {self.state_memory_bytes / 2**20:.1f} MiB)",
@@ -121,15 +134,43 @@ def _read_parse_seconds(scene: _Scene, checkpoint: str) -> float:
     from pyspark.sql import functions as F
 
     from clickstream.events import spark_schema
+
+    def parsed(raw):
+        return raw.select(
+            F.from_json(F.col("value").cast("string"), spark_schema()).alias("e")
+        ).select("e.*")
+
+    return _noop_seconds(scene, checkpoint, parsed)
+
+
+def _first_steps_seconds(scene: _Scene) -> tuple[float, float]:
+    """The seconds the job's first steps alone take into the noop sink: the contract check,
+    then the check, the watermark and de-duplication (with the job's default settings)."""
+    from clickstream.process import pipeline as P
+    from clickstream.process.stream import StreamConfig, spark_interval
+
+    default = StreamConfig.create(topic=scene.topic, bootstrap_servers=scene.bootstrap)
+    delay, ahead = spark_interval(default.watermark), spark_interval(default.max_ahead)
+
+    def checked(raw):
+        return P.contract_checked(raw, max_ahead=ahead)
+
+    def deduplicated(raw):
+        return P.unique_events(P.with_watermark(checked(raw), delay))
+
+    return _noop_seconds(scene, "checked", checked), _noop_seconds(scene, "dedup", deduplicated)
+
+
+def _noop_seconds(scene: _Scene, checkpoint: str, build) -> float:
+    """The seconds `build(the topic's stream)` takes into the noop sink, with availableNow."""
     from clickstream.process import pipeline as P
 
     raw = P.read_kafka(
         scene.spark, scene.topic, scene.bootstrap, max_offsets_per_trigger=scene.per_batch
     )
-    parsed = raw.select(F.from_json(F.col("value").cast("string"), spark_schema()).alias("e"))
     started = time.monotonic()
     query = (
-        parsed.select("e.*")
+        build(raw)
         .writeStream.format("noop")
         .option("checkpointLocation", str(scene.work / checkpoint))
         .trigger(availableNow=True)
@@ -294,6 +335,8 @@ def bench_stream(
                 echo("(a) Spark read + from_json into the noop sink...")
                 first = _read_parse_seconds(scene, "a1")
                 job = _run_job_twice(scene, echo)
+                echo("(a) with the contract check, then with de-duplication...")
+                checked, deduplicated = _first_steps_seconds(scene)
                 echo("(a) again...")
                 second = _read_parse_seconds(scene, "a2")
                 latencies, achieved = ([], 0.0)
@@ -307,6 +350,8 @@ def bench_stream(
     return StreamBench(
         events=count,
         read_parse_s=statistics.mean([first, second]),
+        checked_s=checked,
+        deduplicated_s=deduplicated,
         job_s=job.warm_s,
         first_job_s=job.first_s,
         batches=job.batches,

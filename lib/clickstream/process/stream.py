@@ -320,6 +320,15 @@ class Queries:
     quarantine: Any | None
 
 
+def spark_interval(text: str | None) -> str | None:
+    """A duration as Spark's interval syntax reads it ('90s' and '2 min' are ours, not
+    Spark's)."""
+    if text is None:
+        return None
+    us = duration_us(text)
+    return f"{us // _US} seconds" if us % _US == 0 else f"{us // 1000} milliseconds"
+
+
 def build_queries(
     spark, config: StreamConfig, categories: dict[str, str] | None = None, raw=None
 ) -> Queries:
@@ -349,13 +358,6 @@ def build_queries(
                 "kafka.fetch.max.wait.ms": "20",
             },
         )
-
-    # Durations as Spark reads them ('90s' and '2 min' are ours, not Spark's interval syntax).
-    def spark_interval(text: str | None) -> str | None:
-        if text is None:
-            return None
-        us = duration_us(text)
-        return f"{us // _US} seconds" if us % _US == 0 else f"{us // 1000} milliseconds"
 
     window, slide = spark_interval(config.window), spark_interval(config.slide)
     delay = spark_interval(config.watermark)
