@@ -80,6 +80,16 @@ class CheckpointMismatchError(StreamJobError):
     """The checkpoint belongs to another topic, configuration or store, or the topic changed."""
 
 
+def _paths_summed(sessions):
+    """A sessions batch as the driver collects it: paths come out of `session_metrics` one row
+    per transition, so they are summed per window on the executors first (one pass over the
+    batch: a session's row is its own group)."""
+    from pyspark.sql import functions as F
+
+    keys = ("metric", "window_start", "window_end", "k1", "k2", "duration_us")
+    return sessions.groupBy(*keys).agg(F.sum("n").alias("n"))
+
+
 def _run_only(df) -> None:
     """Run a micro-batch's DataFrame and throw its rows away (Spark's noop sink)."""
     df.write.format("noop").mode("overwrite").save()
@@ -836,16 +846,9 @@ class StreamJob:
         if self._sessions_applied is not None and self._sessions_applied >= batch_id:
             _run_only(df)  # already in the store; the state stores still commit the batch
             return
-        from pyspark.sql import functions as F
-
         from clickstream.process.pipeline import session_metric_rows
 
-        # Paths come out one row per transition: summed per window on the executors first
-        # (one pass over the batch: a session's row is its own group).
-        grouped = df.groupBy("metric", "window_start", "window_end", "k1", "k2", "duration_us").agg(
-            F.sum("n").alias("n")
-        )
-        session_rows, path_counts = session_metric_rows(grouped.collect())
+        session_rows, path_counts = session_metric_rows(_paths_summed(df).collect())
         store = self.sessions_store
         rows = {"sessions": session_rows, "paths": []}
         if path_counts:
@@ -1122,7 +1125,7 @@ def exercise_spark() -> None:
                 lambda df, _: window_metric_rows(df.collect())
             ),
             built.sessions.writeStream.outputMode("append").foreachBatch(
-                lambda df, _: session_metric_rows(df.collect())
+                lambda df, _: session_metric_rows(_paths_summed(df).collect())
             ),
             built.quarantine.writeStream.format("noop"),
         ]
