@@ -311,8 +311,8 @@ def _type_ok(field, type_name: Column, value: Column) -> Column:
 # number, true/false, NaN/Infinity, an object or an array. A string field whose text looks like
 # one of these might have been written as that value, so its record takes the exact check.
 _NOT_PLAIN_TEXT = r"^(-?[0-9][0-9.eE+-]*|true|false|NaN|[+-]?Infinity|[{\[].*)$"
-# The characters such text starts with. Most values (a page, a device, a country) start with
-# none of them and skip the regular expression, which costs more than `from_json` saves.
+# The characters such text starts with. Many values (a page, a product id, most user ids)
+# start with none of them and skip the regular expression (a sixth of the check's time).
 _NOT_PLAIN_FIRST = tuple("-+0123456789tfNI{[")
 
 
