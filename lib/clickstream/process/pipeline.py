@@ -45,9 +45,24 @@ def read_kafka(
     )
     if max_offsets_per_trigger and streaming:
         reader = reader.option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
-    for key, value in {**KAFKA_SOURCE_DEFAULTS, **(options or {})}.items():
+    for key, value in source_options(options).items():
         reader = reader.option(key, value)
     return reader.load()
+
+
+def source_options(options: dict[str, str] | None = None) -> dict[str, str]:
+    """KAFKA_SOURCE_DEFAULTS with `options` over them. Kafka refuses to start a client whose
+    API timeout is below its request timeout, so a request timeout raised past the default API
+    timeout raises that too, unless `options` set it."""
+    merged = {**KAFKA_SOURCE_DEFAULTS, **(options or {})}
+    api, request = "kafka.default.api.timeout.ms", "kafka.request.timeout.ms"
+    if api not in (options or {}):
+        try:
+            if int(merged[request]) > int(merged[api]):
+                merged[api] = merged[request]
+        except ValueError:
+            pass  # not a number: Kafka's own error says which setting is wrong
+    return merged
 
 
 def event_timestamp(col: Column) -> Column:
