@@ -46,7 +46,7 @@ def test_a_batch_interrupted_by_stop_fails_in_a_short_form_spark_reads_as_a_stop
     assert raised.value.__suppress_context__  # the 8-KB Java stack trace is not chained
 
 
-def test_another_java_failure_keeps_its_cause_without_the_stack_trace():
+def test_another_java_failure_keeps_its_cause_when_py4j_gives_no_stack_trace():
     cause = "org.apache.spark.SparkException: [KAFKA_DATA_LOSS] Some data may have been lost"
     with pytest.raises(SparkBatchError) as raised:
         _failing(cause)(None, 3)

@@ -118,16 +118,14 @@ class SparkBatchError(Exception):
 
 def _java_trace(exc) -> str:
     """The Java stack trace of a Py4J error (its frames and causes), or "" when the JVM cannot
-    give it. Without the words Spark's regular expression starts from, so that it never runs
-    over it (see above)."""
+    give it."""
     try:
         text = str(exc)
     except Exception:  # noqa: BLE001 - the JVM may be going away
         return ""
     # Py4J's text: "An error occurred while calling o1.collectToPython.\n: <the trace>".
     trace = text.split("\n", 1)[1] if text.startswith(_SPARK_STOP_PREFIX) and "\n" in text else text
-    trace = trace.lstrip(": ").replace(_SPARK_STOP_PREFIX, "An error occurred calling")
-    return trace[:_TRACE_LIMIT]
+    return trace.lstrip(": ")[:_TRACE_LIMIT]
 
 
 def _short_java_errors(callback: Callable[[Any, int], None]) -> Callable[[Any, int], None]:
@@ -151,12 +149,14 @@ def _short_java_errors(callback: Callable[[Any, int], None]) -> Callable[[Any, i
                     f"py4j.protocol.Py4JJavaError: An error occurred while calling Spark: {java}"
                 ) from None
             # A failure: its message first (the job's error says it), then the Java stack
-            # trace, which `--debug` shows.
+            # trace, which `--debug` shows, without the words Spark's expression starts from.
             trace = _java_trace(exc)
-            message = java[:4000].replace(_SPARK_STOP_PREFIX, "An error occurred calling")
             if trace.startswith(java):
                 trace = trace[len(java) :].lstrip("\n")
-            raise SparkBatchError(f"{message}\n{trace}" if trace else message) from None
+            text = f"{java[:4000]}\n{trace}" if trace else java[:4000]
+            raise SparkBatchError(
+                text.replace(_SPARK_STOP_PREFIX, "An error occurred calling")
+            ) from None
 
     return run
 
